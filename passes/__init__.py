@@ -1,0 +1,38 @@
+"""Graph passes that make an ONNX graph exactly explainable, and the order they run in."""
+
+from __future__ import annotations
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from .base import GraphPass, PassOptions, PassResult
+from .batch import make_batch_dynamic
+from .cleanup import drop_identities, remove_dead_nodes
+
+# The one list of passes, in the order they run.
+PIPELINE: list[GraphPass] = [
+    remove_dead_nodes,
+    drop_identities,
+    make_batch_dynamic,
+]
+
+
+def run_passes(model: onnx.ModelProto, options: PassOptions | None = None,
+               pipeline: list[GraphPass] | None = None) -> tuple[onnx.ModelProto, list[PassResult]]:
+    """Run ``pipeline`` (default :data:`PIPELINE`) over ``model``; return the new model and each
+    pass's result."""
+    options = options or PassOptions()
+    graph = gs.import_onnx(model)
+    results = []
+    for graph_pass in pipeline if pipeline is not None else PIPELINE:
+        results.append(graph_pass(graph, options))
+    graph.cleanup().toposort()
+    out = gs.export_onnx(graph, do_type_check=False)
+    out.ir_version = model.ir_version
+    del out.metadata_props[:]
+    out.metadata_props.extend(model.metadata_props)
+    out.producer_name = model.producer_name
+    return out, results
+
+
+__all__ = ["PIPELINE", "PassOptions", "PassResult", "run_passes"]

@@ -1,0 +1,54 @@
+"""The pass interface.
+
+A pass is a function ``(graph, options) -> PassResult`` over an onnx-graphsurgeon graph.
+It has one responsibility, edits the graph in place, and never changes what the graph
+computes beyond float rounding. Its result names every node it removed, added or changed,
+so reports can say exactly what happened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import onnx_graphsurgeon as gs
+
+
+@dataclass(frozen=True)
+class PassOptions:
+    """Options every pass may read.
+
+    dynamic_batch: make a fixed leading (batch) dim of the graph inputs dynamic.
+    """
+
+    dynamic_batch: bool = True
+
+
+@dataclass
+class PassResult:
+    """What one pass did, by node name."""
+
+    name: str
+    removed: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.removed) + len(self.added) + len(self.changed)
+
+    def as_dict(self) -> dict:
+        return {"pass": self.name, "removed": self.removed, "added": self.added, "changed": self.changed}
+
+
+GraphPass = Callable[[gs.Graph, PassOptions], PassResult]
+
+
+def unique_node_name(graph: gs.Graph, base: str) -> str:
+    """A node name not yet used in ``graph``."""
+    taken = {n.name for n in graph.nodes}
+    name, k = base, 1
+    while name in taken:
+        name = f"{base}_{k}"
+        k += 1
+    return name

@@ -1,0 +1,31 @@
+"""shaprewrite: rewrite models so SHAP DeepExplainer and Captum DeepLift explain them exactly.
+
+    from rewriter import rewrite
+    explainable = rewrite(model, x)          # torch model + example inputs
+    explainable = rewrite("model.onnx")      # or any ONNX file
+"""
+
+from .api import RewriteReport, rewrite
+from .errors import (
+    ConversionError,
+    ExportError,
+    InputError,
+    OutputError,
+    ShapRewriteError,
+    UnsupportedOpError,
+    VerificationError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConversionError",
+    "ExportError",
+    "InputError",
+    "OutputError",
+    "RewriteReport",
+    "ShapRewriteError",
+    "UnsupportedOpError",
+    "VerificationError",
+    "rewrite",
+]

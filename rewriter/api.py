@@ -1,0 +1,175 @@
+"""``rewrite()``: the one call that turns a model into an exactly explainable module."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import onnx
+import torch
+from torch import nn
+
+from passes import PassOptions, PassResult, run_passes
+
+from .errors import InputError
+from .export import export_module
+from .importer import ONNX_TO_TORCH_DTYPE, import_onnx
+from .load import normalize, parse_onnx, read_onnx
+from .naming import sanitize
+from .verify import Tolerance, onnx_runner, torch_runner, verify
+
+ModelSource = nn.Module | onnx.ModelProto | str | os.PathLike | bytes
+Progress = Callable[[str], None]
+
+
+@dataclass
+class RewriteReport:
+    """What a rewrite did: where the graph came from, each pass's changes, the verification
+    figures and the time each stage took (seconds)."""
+
+    source: str
+    exporter: str | None = None
+    exporter_fallback_reason: str | None = None
+    passes: list[PassResult] = field(default_factory=list)
+    verification: list[dict] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _random_inputs(model: onnx.ModelProto, dims: Mapping[str, int]) -> tuple[torch.Tensor, ...]:
+    """Inputs built from the graph's declared input shapes; ``dims`` sizes symbolic dims."""
+    generator = torch.Generator().manual_seed(0)
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = []
+    missing: list[str] = []
+    for vi in model.graph.input:
+        if vi.name in initializers:
+            continue
+        tt = vi.type.tensor_type
+        dtype = ONNX_TO_TORCH_DTYPE.get(tt.elem_type)
+        if dtype is None:
+            raise InputError(f"graph input '{vi.name}' has a type shaprewrite cannot feed",
+                             fix="give example inputs explicitly")
+        shape = []
+        for axis, d in enumerate(tt.shape.dim):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                shape.append(d.dim_value)
+            elif d.dim_param in dims:
+                shape.append(int(dims[d.dim_param]))
+            elif axis == 0:
+                shape.append(int(dims.get("batch", 2)))
+            else:
+                missing.append(f"'{d.dim_param or '?'}' (input '{vi.name}', axis {axis})")
+                shape.append(1)
+        if dtype.is_floating_point:
+            inputs.append(torch.randn(shape, generator=generator).to(dtype))
+        elif dtype == torch.bool:
+            inputs.append(torch.randint(0, 2, shape, generator=generator).bool())
+        else:
+            inputs.append(torch.randint(0, 2, shape, generator=generator).to(dtype))
+    if missing:
+        raise InputError(f"the model's inputs have dynamic dims with no size given: {', '.join(missing)}",
+                         fix="give their sizes, e.g. dims={'seq': 16} (CLI: --dim seq=16), or pass example inputs")
+    return tuple(inputs)
+
+
+def _load_source(model: ModelSource) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, bytes):
+        return parse_onnx(model)
+    if isinstance(model, (str, os.PathLike)):
+        return read_onnx(model)
+    raise InputError(f"cannot rewrite a {type(model).__name__}",
+                     fix="pass a torch.nn.Module with example inputs, an ONNX file path, or an onnx.ModelProto")
+
+
+def _output_names(model: onnx.ModelProto) -> list[str]:
+    return [o.name for o in model.graph.output]
+
+
+def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except (onnx.shape_inference.InferenceError, RuntimeError) as exc:
+        raise InputError(f"ONNX shape inference failed: {str(exc).splitlines()[0][:300]}",
+                         fix="check that the model's declared shapes and types are consistent") from exc
+
+
+def _extra_rows(source: onnx.ModelProto, results: list[PassResult]) -> int:
+    """How much bigger the second check batch is: a fixed batch made dynamic is checked at
+    a multiple of itself (the source runs in chunks); one left fixed, at its own size."""
+    dims = [vi.type.tensor_type.shape.dim for vi in source.graph.input]
+    fixed = [d[0].dim_value for d in dims if d and d[0].HasField("dim_value") and d[0].dim_value > 0]
+    if not fixed:
+        return 1
+    made_dynamic = any(r.name == "make_batch_dynamic" and r.changed for r in results)
+    return fixed[0] if made_dynamic else 0
+
+
+def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str, int] | None = None,
+            exporter: str = "auto", atol: float | None = None, rtol: float | None = None,
+            dynamic_batch: bool = True, report: bool = False,
+            progress: Progress | None = None) -> nn.Module | tuple[nn.Module, RewriteReport]:
+    """Rewrite ``model`` into an equivalent ``torch.fx.GraphModule`` that SHAP's DeepExplainer
+    and Captum's DeepLift explain exactly, verified against the source before it is returned.
+
+    Args:
+        model: a ``torch.nn.Module`` (``example_inputs`` required), or an ONNX model as a
+            file path, ``bytes`` or ``onnx.ModelProto`` (``example_inputs`` optional).
+        example_inputs: tensors the model is called with; the batch dim is dim 0.
+        dims: sizes for symbolic input dims of an ONNX model when no example inputs are
+            given, by name, e.g. ``{"batch": 4, "seq": 16}``.
+        exporter: "auto" (dynamo, then TorchScript), "dynamo" or "torchscript".
+        atol, rtol: verification tolerances; default by dtype (see ``rewriter.verify``).
+        dynamic_batch: make a fixed leading dim of an ONNX model's inputs dynamic.
+        report: also return a :class:`RewriteReport`.
+        progress: called with a short message as each stage starts.
+
+    Raises:
+        rewriter.errors.ShapRewriteError: a subclass naming what failed and the fix.
+    """
+    if exporter not in ("auto", "dynamo", "torchscript"):
+        raise InputError(f"unknown exporter '{exporter}'", fix="use 'auto', 'dynamo' or 'torchscript'")
+    say = progress or (lambda message: None)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = now - clock
+        clock = now
+
+    if isinstance(model, nn.Module):
+        say("exporting to ONNX")
+        exported = export_module(model, tuple(example_inputs), exporter=exporter)
+        source_proto, inputs, reference = exported.model, tuple(example_inputs), torch_runner(model)
+        info = RewriteReport("torch", exported.exporter, exported.fallback_reason)
+        class_name = type(model).__name__
+        lap("export")
+    else:
+        say("reading the ONNX model")
+        source_proto = _load_source(model)
+        info = RewriteReport("onnx")
+        class_name = source_proto.graph.name if source_proto.graph.name.isidentifier() else "ExplainableModel"
+        lap("load")
+
+    say("normalising the graph")
+    prepared = normalize(source_proto)
+    if not isinstance(model, nn.Module):
+        inputs = tuple(example_inputs) or _random_inputs(prepared, dims or {})
+        reference = onnx_runner(source_proto)
+    say("running passes")
+    rewritten, info.passes = run_passes(prepared, PassOptions(dynamic_batch=dynamic_batch))
+    lap("passes")
+    say("importing into torch")
+    module = import_onnx(_infer_shapes(rewritten), sanitize(class_name) if not class_name.isidentifier() else class_name)
+    lap("import")
+    say("verifying against the source")
+    info.verification = verify(module, reference, inputs, _output_names(source_proto), Tolerance(atol, rtol),
+                               _extra_rows(source_proto, info.passes) if info.source == "onnx" else 1)
+    lap("verify")
+    info.timings = timings
+    return (module, info) if report else module

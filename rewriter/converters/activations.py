@@ -1,0 +1,163 @@
+"""Elementwise nonlinearities and softmax: each node becomes its own leaf module."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .. import modules
+from . import converter
+
+_SELU_ALPHA = 1.6732632423543772
+_SELU_GAMMA = 1.0507009873554805
+
+
+def leaf(ctx, module: nn.Module):
+    return ctx.module(module, ctx.input(0))
+
+
+def is_integer(ctx, i: int = 0) -> bool:
+    dtype = ctx.info(i).dtype
+    return dtype is not None and not dtype.is_floating_point
+
+
+@converter(*modules.UNARY_OPS)
+def unary(ctx):
+    cls = modules.UNARY_OPS[ctx.op_type]
+    if is_integer(ctx):
+        # Integer tensors are shape arithmetic, never explained: no module needed.
+        return ctx.call(cls.fn, ctx.input(0))
+    return leaf(ctx, cls())
+
+
+@converter("Relu")
+def relu(ctx):
+    return leaf(ctx, nn.ReLU())
+
+
+@converter("LeakyRelu")
+def leaky_relu(ctx):
+    return leaf(ctx, nn.LeakyReLU(ctx.attr("alpha", 0.01)))
+
+
+@converter("Elu")
+def elu(ctx):
+    return leaf(ctx, nn.ELU(ctx.attr("alpha", 1.0)))
+
+
+@converter("Celu")
+def celu(ctx):
+    return leaf(ctx, nn.CELU(ctx.attr("alpha", 1.0)))
+
+
+@converter("Selu")
+def selu(ctx):
+    alpha, gamma = ctx.attr("alpha", _SELU_ALPHA), ctx.attr("gamma", _SELU_GAMMA)
+    if math.isclose(alpha, _SELU_ALPHA, rel_tol=1e-6) and math.isclose(gamma, _SELU_GAMMA, rel_tol=1e-6):
+        return leaf(ctx, nn.SELU())
+    return leaf(ctx, modules.Selu(alpha, gamma))
+
+
+@converter("Sigmoid")
+def sigmoid(ctx):
+    return leaf(ctx, nn.Sigmoid())
+
+
+@converter("Tanh")
+def tanh(ctx):
+    return leaf(ctx, nn.Tanh())
+
+
+@converter("Softplus")
+def softplus(ctx):
+    return leaf(ctx, nn.Softplus())
+
+
+@converter("Softsign")
+def softsign(ctx):
+    return leaf(ctx, nn.Softsign())
+
+
+@converter("Mish")
+def mish(ctx):
+    return leaf(ctx, nn.Mish())
+
+
+@converter("HardSwish")
+def hard_swish(ctx):
+    return leaf(ctx, nn.Hardswish())
+
+
+@converter("Gelu")
+def gelu(ctx):
+    return leaf(ctx, nn.GELU(approximate=ctx.attr("approximate", "none")))
+
+
+@converter("HardSigmoid")
+def hard_sigmoid(ctx):
+    alpha, beta = ctx.attr("alpha", 0.2), ctx.attr("beta", 0.5)
+    if math.isclose(alpha, 1 / 6, rel_tol=1e-6) and beta == 0.5:
+        return leaf(ctx, nn.Hardsigmoid())
+    return leaf(ctx, modules.HardSigmoid(alpha, beta))
+
+
+@converter("ThresholdedRelu")
+def thresholded_relu(ctx):
+    return leaf(ctx, modules.ThresholdedRelu(ctx.attr("alpha", 1.0)))
+
+
+@converter("PRelu")
+def prelu(ctx):
+    slope = ctx.require_const(1, "the PRelu slope")
+    rank = ctx.rank(0)
+    squeezed = slope.reshape(-1)
+    # nn.PReLU holds one slope, or one per channel (dim 1); anything else keeps its shape.
+    per_channel = rank >= 2 and slope.dim() in (rank - 1, 1) and slope.shape[0] == squeezed.numel() \
+        and all(d == 1 for d in slope.shape[1:]) and (slope.dim() == rank - 1 or rank == 2)
+    if squeezed.numel() == 1 or per_channel:
+        module = nn.PReLU(num_parameters=squeezed.numel())
+        module.weight.data.copy_(squeezed.float())
+        return leaf(ctx, module.to(slope.dtype))
+    return leaf(ctx, modules.PRelu(slope.clone()))
+
+
+@converter("Clip")
+def clip(ctx):
+    lo = ctx.attr("min") if ctx.has_attr("min") else ctx.const(1)
+    hi = ctx.attr("max") if ctx.has_attr("max") else ctx.const(2)
+    for i, bound in ((1, lo), (2, hi)):
+        ctx.require(bound is not None or ctx.input(i) is None, f"the Clip bound at input {i} must be a constant",
+                    "fold the bound into an initializer")
+    lo = None if lo is None else float(lo)
+    hi = None if hi is None else float(hi)
+    if is_integer(ctx):
+        return ctx.call(torch.clamp, ctx.input(0), lo, hi)
+    if lo == 0.0 and hi == 6.0:
+        return leaf(ctx, nn.ReLU6())
+    if lo is not None and hi is not None:
+        return leaf(ctx, nn.Hardtanh(lo, hi))
+    return leaf(ctx, modules.Clip(lo, hi))
+
+
+def _softmax_axis(ctx) -> int:
+    default = -1 if ctx.opset >= 13 else 1
+    axis = ctx.attr("axis", default)
+    if ctx.opset < 13:
+        # Before opset 13 softmax ran over all dims from `axis` on; same thing when
+        # `axis` is the last dim.
+        rank = ctx.rank(0)
+        ctx.require(axis in (-1, rank - 1), "softmax over several trailing dims (opset < 13) is not supported",
+                    "re-export with opset 13 or newer")
+    return axis
+
+
+@converter("Softmax")
+def softmax(ctx):
+    return ctx.module(nn.Softmax(dim=_softmax_axis(ctx)), ctx.input(0))
+
+
+@converter("LogSoftmax")
+def log_softmax(ctx):
+    return ctx.module(nn.LogSoftmax(dim=_softmax_axis(ctx)), ctx.input(0))

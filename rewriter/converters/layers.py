@@ -1,0 +1,222 @@
+"""Parametric layers: Conv, ConvTranspose, Gemm, and the normalisations, as ``torch.nn`` modules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import functional
+from . import converter
+
+
+def spatial_padding(ctx, kernel: list[int], strides: list[int], dilations: list[int]):
+    """``(symmetric padding per dim, extra F.pad list or None)`` from ONNX pads/auto_pad.
+
+    torch layers pad both sides equally; ONNX allows different begin and end pads, which
+    become an explicit pad in front of the layer.
+    """
+    n = len(kernel)
+    auto_pad = ctx.attr("auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        totals = []
+        for axis, (k, s, d) in enumerate(zip(kernel, strides, dilations)):
+            span = (k - 1) * d + 1
+            if s == 1:
+                totals.append(span - 1)
+                continue
+            shape = ctx.info(0).shape
+            size = shape[2 + axis] if shape is not None else None
+            ctx.require(isinstance(size, int), "auto_pad SAME with stride > 1 needs static spatial dims",
+                        "export with explicit pads")
+            totals.append(max((math.ceil(size / s) - 1) * s + span - size, 0))
+        small = [t // 2 for t in totals]
+        large = [t - t // 2 for t in totals]
+        begins, ends = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+    elif auto_pad == "VALID":
+        begins = ends = [0] * n
+    else:
+        pads = ctx.attr("pads", [0] * (2 * n))
+        begins, ends = pads[:n], pads[n:]
+    if begins == ends:
+        return list(begins), None
+    torch_pads: list[int] = []
+    for b, e in zip(reversed(begins), reversed(ends)):
+        torch_pads.extend((b, e))
+    return [0] * n, torch_pads
+
+
+def _window(ctx, kernel: list[int]):
+    n = len(kernel)
+    return ctx.attr("strides", [1] * n), ctx.attr("dilations", [1] * n)
+
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_CONV_T = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+_CONV_F = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+@converter("Conv")
+def conv(ctx):
+    weight, bias = ctx.const(1), ctx.const(2)
+    rank = weight.dim() if weight is not None else ctx.rank(1)
+    n = rank - 2
+    kernel = ctx.attr("kernel_shape") or (list(weight.shape[2:]) if weight is not None else None)
+    ctx.require(kernel is not None and n in _CONV, f"{n}-d convolution with unknown kernel is not supported")
+    strides, dilations = _window(ctx, kernel)
+    groups = ctx.attr("group", 1)
+    padding, extra = spatial_padding(ctx, kernel, strides, dilations)
+    x = ctx.input(0)
+    if extra is not None:
+        x = ctx.call(F.pad, x, extra)
+    if weight is None or (ctx.input(2) is not None and bias is None):
+        return ctx.call(_CONV_F[n], x, ctx.input(1), ctx.input(2), strides, padding, dilations, groups)
+    layer = _CONV[n](weight.shape[1] * groups, weight.shape[0], kernel_size=tuple(weight.shape[2:]),
+                     stride=strides, padding=padding, dilation=dilations, groups=groups,
+                     bias=bias is not None, dtype=weight.dtype)
+    layer.weight.data.copy_(weight)
+    if bias is not None:
+        layer.bias.data.copy_(bias)
+    return ctx.module(layer, x)
+
+
+@converter("ConvTranspose")
+def conv_transpose(ctx):
+    weight = ctx.require_const(1, "the ConvTranspose weight")
+    bias = ctx.const(2)
+    ctx.require(ctx.input(2) is None or bias is not None, "the ConvTranspose bias must be a constant")
+    n = weight.dim() - 2
+    ctx.require(n in _CONV_T, f"{n}-d transposed convolution is not supported")
+    kernel = list(weight.shape[2:])
+    strides, dilations = _window(ctx, kernel)
+    groups = ctx.attr("group", 1)
+    output_padding = ctx.attr("output_padding", [0] * n)
+    if ctx.has_attr("output_shape"):
+        shape = ctx.info(0).shape
+        ctx.require(shape is not None and all(isinstance(d, int) for d in shape[2:]),
+                    "ConvTranspose with output_shape needs static spatial input dims", "give explicit pads")
+        wanted = ctx.attr("output_shape")[-n:]
+        totals = [s * (i - 1) + op + (k - 1) * d + 1 - w for s, i, op, k, d, w in
+                  zip(strides, shape[2:], output_padding, kernel, dilations, wanted)]
+        upper = ctx.attr("auto_pad", "NOTSET") != "SAME_LOWER"
+        begins = [t // 2 if upper else t - t // 2 for t in totals]
+        ends = [t - b for t, b in zip(totals, begins)]
+    else:
+        pads = ctx.attr("pads", [0] * (2 * n))
+        begins, ends = pads[:n], pads[n:]
+    symmetric = begins == ends
+    layer = _CONV_T[n](weight.shape[0], weight.shape[1] * groups, kernel_size=tuple(kernel), stride=strides,
+                       padding=begins if symmetric else 0, output_padding=output_padding, groups=groups,
+                       bias=bias is not None, dilation=dilations, dtype=weight.dtype)
+    layer.weight.data.copy_(weight)
+    if bias is not None:
+        layer.bias.data.copy_(bias)
+    y = ctx.module(layer, ctx.input(0))
+    if symmetric:
+        return y
+    # Asymmetric pads remove that many outputs from each end of each spatial dim.
+    return ctx.call(functional.onnx_slice, y, begins, [-e if e else 2**62 for e in ends],
+                    list(range(2, 2 + n)))
+
+
+@converter("Gemm")
+def gemm(ctx):
+    alpha, beta = ctx.attr("alpha", 1.0), ctx.attr("beta", 1.0)
+    trans_a, trans_b = ctx.attr("transA", 0), ctx.attr("transB", 0)
+    a, b, c = ctx.input(0), ctx.const(1), ctx.input(2)
+    if trans_a:
+        a = ctx.method("t", a)
+    if b is None or not b.is_floating_point():
+        b_value = ctx.method("t", ctx.input(1)) if trans_b else ctx.input(1)
+        y = ctx.call(torch.matmul, a, b_value)
+        if alpha != 1.0:
+            y = ctx.call(torch.mul, y, alpha)
+        if c is not None:
+            y = ctx.call(torch.add, y, ctx.call(torch.mul, c, beta) if beta != 1.0 else c)
+        return y
+    weight = alpha * (b if trans_b else b.t())
+    n_out = weight.shape[0]
+    c_const = ctx.const(2)
+    bias_fits = c_const is not None and c_const.numel() in (1, n_out) and (c_const.dim() < 2 or c_const.shape[0] == 1)
+    linear = nn.Linear(weight.shape[1], n_out, bias=bias_fits, dtype=weight.dtype)
+    linear.weight.data.copy_(weight)
+    if bias_fits:
+        linear.bias.data.copy_((beta * c_const).reshape(-1).expand(n_out))
+    y = ctx.module(linear, a)
+    if c is not None and not bias_fits:
+        y = ctx.call(torch.add, y, ctx.call(torch.mul, c, beta) if beta != 1.0 else c)
+    return y
+
+
+_BATCH_NORM = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
+
+
+@converter("BatchNormalization")
+def batch_norm(ctx):
+    ctx.require(not ctx.attr("training_mode", 0), "BatchNormalization in training mode is not supported",
+                "export the model in eval mode (model.eval())")
+    scale, shift, mean, var = (ctx.const(i) for i in range(1, 5))
+    eps = ctx.attr("epsilon", 1e-5)
+    rank = ctx.info(0).rank
+    if any(t is None for t in (scale, shift, mean, var)) or rank not in _BATCH_NORM:
+        return ctx.call(F.batch_norm, ctx.input(0), ctx.input(3), ctx.input(4), ctx.input(1), ctx.input(2),
+                        False, 0.0, eps)
+    layer = _BATCH_NORM[rank](scale.numel(), eps=eps, dtype=scale.dtype)
+    layer.weight.data.copy_(scale)
+    layer.bias.data.copy_(shift)
+    layer.running_mean.copy_(mean)
+    layer.running_var.copy_(var)
+    layer.eval()
+    return ctx.module(layer, ctx.input(0))
+
+
+@converter("LayerNormalization")
+def layer_norm(ctx):
+    scale, bias = ctx.const(1), ctx.const(2)
+    axis = ctx.attr("axis", -1)
+    eps = ctx.attr("epsilon", 1e-5)
+    rank = ctx.rank(0)
+    axis = axis + rank if axis < 0 else axis
+    ctx.require(scale is not None and (ctx.input(2) is None or bias is not None),
+                "LayerNormalization with non-constant scale or bias is not supported")
+    shape = ctx.info(0).shape[axis:]
+    ctx.require(tuple(scale.shape) == tuple(shape),
+                "LayerNormalization whose scale does not match the normalised shape is not supported")
+    layer = nn.LayerNorm(tuple(scale.shape), eps=eps, bias=bias is not None, dtype=scale.dtype)
+    layer.weight.data.copy_(scale)
+    if bias is not None:
+        layer.bias.data.copy_(bias)
+    return ctx.module(layer, ctx.input(0))
+
+
+_INSTANCE_NORM = {3: nn.InstanceNorm1d, 4: nn.InstanceNorm2d, 5: nn.InstanceNorm3d}
+
+
+@converter("InstanceNormalization")
+def instance_norm(ctx):
+    scale, bias = ctx.require_const(1, "the InstanceNormalization scale"), ctx.require_const(2, "its bias")
+    rank = ctx.rank(0)
+    ctx.require(rank in _INSTANCE_NORM, f"InstanceNormalization of a rank-{rank} input is not supported")
+    layer = _INSTANCE_NORM[rank](scale.numel(), eps=ctx.attr("epsilon", 1e-5), affine=True, dtype=scale.dtype)
+    layer.weight.data.copy_(scale)
+    layer.bias.data.copy_(bias)
+    return ctx.module(layer, ctx.input(0))
+
+
+@converter("GroupNormalization")
+def group_norm(ctx):
+    scale, bias = ctx.require_const(1, "the GroupNormalization scale"), ctx.require_const(2, "its bias")
+    groups = ctx.attr("num_groups")
+    shape = ctx.info(0).shape
+    channels = shape[1] if shape is not None and len(shape) > 1 else None
+    ctx.require(isinstance(channels, int), "GroupNormalization needs a static channel dim")
+    if scale.numel() != channels:
+        # Opset 18 gave one scale per group; spread it over the group's channels.
+        scale = scale.repeat_interleave(channels // groups)
+        bias = bias.repeat_interleave(channels // groups)
+    layer = nn.GroupNorm(groups, channels, eps=ctx.attr("epsilon", 1e-5), dtype=scale.dtype)
+    layer.weight.data.copy_(scale)
+    layer.bias.data.copy_(bias)
+    return ctx.module(layer, ctx.input(0))

@@ -1,0 +1,287 @@
+"""Constants and shape, indexing and layout ops. All are linear in their data input."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import functional
+from . import converter
+
+
+@converter("Constant")
+def constant(ctx):
+    for name, make in (
+        ("value", lambda v: v),
+        ("value_float", lambda v: torch.tensor(v, dtype=torch.float32)),
+        ("value_floats", lambda v: torch.tensor(v, dtype=torch.float32)),
+        ("value_int", lambda v: torch.tensor(v, dtype=torch.int64)),
+        ("value_ints", lambda v: torch.tensor(v, dtype=torch.int64)),
+    ):
+        if ctx.has_attr(name):
+            return make(ctx.attr(name))
+    ctx.fail("only numeric Constant values are supported (not strings or sparse tensors)")
+
+
+@converter("Identity")
+def identity(ctx):
+    return ctx.input(0)
+
+
+@converter("Dropout")
+def dropout(ctx):
+    # Inference: the data passes through unchanged and the mask keeps everything.
+    x = ctx.input(0)
+    if len(ctx.node.output) > 1 and ctx.node.output[1]:
+        return x, ctx.call(torch.ones_like, x, dtype=torch.bool)
+    return x
+
+
+@converter("Shape")
+def shape(ctx):
+    start, end = ctx.attr("start", 0), ctx.attr("end", None)
+    static = ctx.info(0).static_shape
+    if static is not None:
+        return torch.tensor(static[start:end], dtype=torch.int64)
+    return ctx.call(functional.onnx_shape, ctx.input(0), start, end)
+
+
+@converter("Size")
+def size(ctx):
+    return ctx.call(functional.onnx_size, ctx.input(0))
+
+
+@converter("Reshape")
+def reshape(ctx):
+    target = ctx.ints(1)
+    allowzero = ctx.attr("allowzero", 0)
+    if target is not None and (allowzero or 0 not in target):
+        return ctx.method("reshape", ctx.input(0), target)
+    return ctx.call(functional.onnx_reshape, ctx.input(0), target if target is not None else ctx.input(1), allowzero)
+
+
+@converter("Flatten")
+def flatten(ctx):
+    axis = ctx.attr("axis", 1)
+    if axis == 1:
+        return ctx.call(torch.flatten, ctx.input(0), 1)
+    return ctx.call(functional.onnx_flatten, ctx.input(0), axis)
+
+
+@converter("Transpose")
+def transpose(ctx):
+    perm = ctx.attr("perm") or list(reversed(range(ctx.rank(0))))
+    return ctx.method("permute", ctx.input(0), perm)
+
+
+@converter("Concat")
+def concat(ctx):
+    return ctx.call(torch.cat, [v for v in ctx.inputs if v is not None], ctx.attr("axis"))
+
+
+@converter("Split")
+def split(ctx):
+    axis = ctx.attr("axis", 0)
+    count = len(ctx.node.output)
+    sizes = ctx.ints(1, attr="split")
+    if sizes is None and ctx.input(1) is not None:
+        parts = ctx.call(functional.onnx_split, ctx.input(0), axis, ctx.input(1), count)
+    else:
+        parts = ctx.call(functional.onnx_split, ctx.input(0), axis, sizes, count)
+    return tuple(ctx.getitem(parts, i) for i in range(count))
+
+
+@converter("Slice")
+def slice_(ctx):
+    if ctx.has_attr("starts"):  # opset < 10
+        starts, ends, axes, steps = ctx.attr("starts"), ctx.attr("ends"), ctx.attr("axes"), None
+    else:
+        starts, ends, axes, steps = (ctx.ints(i) if ctx.input(i) is not None else None for i in range(1, 5))
+        if starts is None or ends is None or (ctx.input(3) is not None and axes is None) \
+                or (ctx.input(4) is not None and steps is None):
+            return ctx.call(functional.onnx_slice, *ctx.inputs)
+    rank = ctx.info(0).rank
+    axes = axes if axes is not None else list(range(len(starts)))
+    steps = steps if steps is not None else [1] * len(starts)
+    if rank is None or any(s <= 0 for s in steps):
+        return ctx.call(functional.onnx_slice, ctx.input(0), starts, ends, axes, steps)
+    index = [slice(None)] * rank
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        index[axis + rank if axis < 0 else axis] = slice(start, end, None if step == 1 else step)
+    while index and index[-1] == slice(None):
+        index.pop()
+    return ctx.getitem(ctx.input(0), tuple(index))
+
+
+@converter("Gather")
+def gather(ctx):
+    axis = ctx.attr("axis", 0)
+    indices = ctx.const(1)
+    if indices is not None and indices.dim() == 0:
+        return ctx.method("select", ctx.input(0), axis, int(indices))
+    return ctx.call(functional.onnx_gather, ctx.input(0), ctx.input(1), axis)
+
+
+@converter("GatherElements")
+def gather_elements(ctx):
+    return ctx.call(functional.onnx_gather_elements, ctx.input(0), ctx.input(1), ctx.attr("axis", 0))
+
+
+@converter("GatherND")
+def gather_nd(ctx):
+    ctx.require(ctx.attr("batch_dims", 0) == 0, "GatherND with batch_dims > 0 is not supported")
+    return ctx.call(functional.onnx_gather_nd, ctx.input(0), ctx.input(1))
+
+
+@converter("ScatterND")
+def scatter_nd(ctx):
+    return ctx.call(functional.onnx_scatter_nd, *ctx.inputs[:3], ctx.attr("reduction", "none"))
+
+
+@converter("ScatterElements")
+def scatter_elements(ctx):
+    return ctx.call(functional.onnx_scatter_elements, *ctx.inputs[:3], ctx.attr("axis", 0),
+                    ctx.attr("reduction", "none"))
+
+
+@converter("Squeeze")
+def squeeze(ctx):
+    axes = ctx.ints(1, attr="axes")
+    if axes is None and ctx.input(1) is not None:
+        return ctx.call(functional.onnx_squeeze, ctx.input(0), ctx.input(1))
+    if axes is None:
+        return ctx.call(functional.onnx_squeeze, ctx.input(0))
+    return ctx.method("squeeze", ctx.input(0), tuple(axes))
+
+
+@converter("Unsqueeze")
+def unsqueeze(ctx):
+    axes = ctx.ints(1, attr="axes")
+    if axes is not None and len(axes) == 1:
+        return ctx.method("unsqueeze", ctx.input(0), axes[0])
+    return ctx.call(functional.onnx_unsqueeze, ctx.input(0), axes if axes is not None else ctx.input(1))
+
+
+@converter("Expand")
+def expand(ctx):
+    return ctx.call(functional.onnx_expand, ctx.input(0), ctx.ints(1) or ctx.input(1))
+
+
+@converter("Tile")
+def tile(ctx):
+    return ctx.call(functional.onnx_tile, ctx.input(0), ctx.ints(1) or ctx.input(1))
+
+
+@converter("ConstantOfShape")
+def constant_of_shape(ctx):
+    value = ctx.attr("value", torch.zeros(1, dtype=torch.float32))
+    return ctx.call(functional.onnx_constant_of_shape, ctx.input(0), value)
+
+
+@converter("Range")
+def range_(ctx):
+    return ctx.call(functional.onnx_range, *ctx.inputs)
+
+
+@converter("Pad")
+def pad(ctx):
+    mode = ctx.attr("mode", "constant")
+    if ctx.has_attr("pads"):  # opset < 11
+        return ctx.call(functional.onnx_pad, ctx.input(0), ctx.attr("pads"), mode, ctx.attr("value", 0.0))
+    value = ctx.const(2)
+    ctx.require(ctx.input(2) is None or value is not None, "the Pad value must be a constant")
+    fill = 0.0 if value is None or value.numel() == 0 else value.reshape(()).item()
+    pads = ctx.ints(1)
+    axes = ctx.ints(3) if ctx.input(3) is not None else None
+    return ctx.call(functional.onnx_pad, ctx.input(0), pads if pads is not None else ctx.input(1), mode, fill, axes)
+
+
+_CUBIC_MODES = {"half_pixel": False, "pytorch_half_pixel": False, "align_corners": True}
+
+
+def _resize(ctx, scales, sizes, coordinate_mode: str, nearest_mode: str):
+    mode = ctx.attr("mode", "nearest")
+    ctx.require(not ctx.attr("antialias", 0), "Resize with antialias is not supported")
+    ctx.require(ctx.attr("keep_aspect_ratio_policy", "stretch") == "stretch",
+                "Resize with a keep_aspect_ratio_policy other than stretch is not supported")
+    axes = ctx.attr("axes")
+    if mode == "cubic":
+        ctx.require(ctx.attr("cubic_coeff_a", -0.75) == -0.75 and not ctx.attr("exclude_outside", 0)
+                    and coordinate_mode in _CUBIC_MODES and ctx.rank(0) == 4 and axes is None,
+                    "cubic Resize is supported only as torch's bicubic (a=-0.75, 4-d, half_pixel or align_corners)")
+        if sizes is not None:
+            return ctx.call(F.interpolate, ctx.input(0), size=sizes[-2:], mode="bicubic",
+                            align_corners=_CUBIC_MODES[coordinate_mode])
+        return ctx.call(F.interpolate, ctx.input(0), scale_factor=[float(s) for s in scales[-2:]], mode="bicubic",
+                        align_corners=_CUBIC_MODES[coordinate_mode])
+    ctx.require(mode in ("nearest", "linear"), f"Resize mode '{mode}' is not supported")
+    ctx.require(coordinate_mode != "tf_crop_and_resize", "Resize with tf_crop_and_resize is not supported")
+    return ctx.call(functional.onnx_resize, ctx.input(0), scales, sizes, mode, coordinate_mode, nearest_mode, axes)
+
+
+def _given(ctx, i: int):
+    """An optional Resize input: its constant value, the runtime value, or None when absent/empty."""
+    if ctx.input(i) is None:
+        return None
+    value = ctx.const(i)
+    if value is None:
+        return ctx.input(i)
+    return value.tolist() if value.numel() else None
+
+
+@converter("Resize")
+def resize(ctx):
+    if ctx.opset < 11:
+        scales, sizes = _given(ctx, 1), None
+    else:
+        scales, sizes = _given(ctx, 2), _given(ctx, 3)
+    return _resize(ctx, scales, sizes, ctx.attr("coordinate_transformation_mode", "half_pixel"),
+                   ctx.attr("nearest_mode", "round_prefer_floor"))
+
+
+@converter("Upsample")
+def upsample(ctx):
+    scales = ctx.attr("scales") or _given(ctx, 1)
+    return _resize(ctx, scales, None, "asymmetric", "floor")
+
+
+@converter("DepthToSpace")
+def depth_to_space(ctx):
+    return ctx.call(functional.onnx_depth_to_space, ctx.input(0), ctx.attr("blocksize"), ctx.attr("mode", "DCR"))
+
+
+@converter("SpaceToDepth")
+def space_to_depth(ctx):
+    return ctx.call(functional.onnx_space_to_depth, ctx.input(0), ctx.attr("blocksize"))
+
+
+@converter("Trilu")
+def trilu(ctx):
+    k = ctx.ints(1)
+    return ctx.call(functional.onnx_trilu, ctx.input(0), k[0] if k else 0, ctx.attr("upper", 1))
+
+
+@converter("CumSum")
+def cumsum(ctx):
+    axis = ctx.ints(1)
+    ctx.require(axis is not None, "the CumSum axis must be a constant")
+    return ctx.call(functional.onnx_cumsum, ctx.input(0), axis[0], ctx.attr("exclusive", 0), ctx.attr("reverse", 0))
+
+
+@converter("TopK")
+def topk(ctx):
+    k = ctx.ints(1, attr="k")
+    result = ctx.call(functional.onnx_topk, ctx.input(0), k if k is not None else ctx.input(1),
+                      ctx.attr("axis", -1), ctx.attr("largest", 1), ctx.attr("sorted", 1))
+    return ctx.getitem(result, 0), ctx.getitem(result, 1)
+
+
+@converter("NonZero")
+def nonzero(ctx):
+    return ctx.call(functional.onnx_nonzero, ctx.input(0))
+
+
+@converter("OneHot")
+def one_hot(ctx):
+    return ctx.call(functional.onnx_one_hot, *ctx.inputs, ctx.attr("axis", -1))
+

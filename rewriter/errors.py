@@ -1,0 +1,88 @@
+"""Typed errors: every failure the tool reports is one of these.
+
+Each error says what failed, where (node name and op type when there is one) and what to
+do about it, in one paragraph. The CLI prints ``str(error)`` and exits with the class's
+``exit_code``; nothing else ever escapes the CLI as a traceback.
+"""
+
+from __future__ import annotations
+
+
+class ShapRewriteError(Exception):
+    """Base class of every error shaprewrite raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, fix: str | None = None, node: str | None = None,
+                 op_type: str | None = None) -> None:
+        self.message = message
+        self.fix = fix
+        self.node = node
+        self.op_type = op_type
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        where = ""
+        if self.node or self.op_type:
+            parts = [f"node '{self.node}'" if self.node else "", f"op {self.op_type}" if self.op_type else ""]
+            where = " (" + ", ".join(p for p in parts if p) + ")"
+        text = f"{self.message.rstrip('.')}{where}."
+        if self.fix:
+            text += f" Fix: {self.fix.rstrip('.')}."
+        return text
+
+
+class InputError(ShapRewriteError):
+    """The input could not be read, or is not a valid model."""
+
+    exit_code = 3
+
+
+class UnsupportedOpError(ShapRewriteError):
+    """The graph uses ops that have no converter. ``ops`` maps op type to one node using it."""
+
+    exit_code = 4
+
+    def __init__(self, ops: dict[str, str]) -> None:
+        self.ops = dict(sorted(ops.items()))
+        listing = ", ".join(f"{op} (e.g. node '{node}')" for op, node in self.ops.items())
+        super().__init__(
+            f"The model uses {len(self.ops)} op type(s) shaprewrite cannot import: {listing}",
+            fix="re-export the model with a standard opset (17-20) so these ops are expressed "
+                "with standard ONNX operators, or file an issue naming the op",
+        )
+
+
+class ConversionError(ShapRewriteError):
+    """A supported op carries attributes or inputs the converter cannot translate faithfully."""
+
+    exit_code = 4
+
+
+class ExportError(ShapRewriteError):
+    """The torch model could not be exported to ONNX."""
+
+    exit_code = 5
+
+
+class VerificationError(ShapRewriteError):
+    """The rewritten model does not compute what the source computes.
+
+    ``diffs`` holds one entry per output and checked batch: max absolute and max relative
+    difference, and whether it passed.
+    """
+
+    exit_code = 6
+
+    def __init__(self, message: str, diffs: list[dict], *, fix: str | None = None) -> None:
+        self.diffs = diffs
+        lines = "; ".join(
+            f"{d['output']} at batch {d['batch']}: max abs diff {d['max_abs']:.3g}, "
+            f"max rel diff {d['max_rel']:.3g}" for d in diffs if not d["ok"])
+        super().__init__(f"{message}: {lines}" if lines else message, fix=fix)
+
+
+class OutputError(ShapRewriteError):
+    """The output file could not be written where asked."""
+
+    exit_code = 8

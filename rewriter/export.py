@@ -1,0 +1,164 @@
+"""torch.nn.Module -> ONNX, in memory: the dynamo exporter first, TorchScript as fallback."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+
+import onnx
+import torch
+from torch import nn
+
+from .errors import ExportError
+
+DYNAMO = "dynamo"
+TORCHSCRIPT = "torchscript"
+
+
+@dataclass
+class ExportedModel:
+    """An exported model, the exporter that produced it, and why any earlier exporter failed."""
+
+    model: onnx.ModelProto
+    exporter: str
+    input_names: list[str]
+    fallback_reason: str | None = None
+
+
+def input_names_for(model: nn.Module, count: int) -> list[str]:
+    """Names of the first ``count`` positional parameters of ``model.forward``."""
+    try:
+        params = [p for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    names = [p.name for p in params[:count]]
+    return names + [f"input_{i}" for i in range(len(names), count)]
+
+
+def at_least_batch_two(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """torch.export specialises a dim of size 1, so a batch of 1 is repeated to 2 for export."""
+    if all(t.dim() > 0 and t.shape[0] >= 2 for t in inputs):
+        return inputs
+    return tuple(t.repeat(2, *([1] * (t.dim() - 1))) if t.dim() > 0 and t.shape[0] == 1 else t for t in inputs)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporters' progress prints, warnings and log lines."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+@contextlib.contextmanager
+def _hooks_detached(model: nn.Module):
+    """Export without the hooks an explainer may have left on the model (SHAP leaves them
+    when it fails part-way, which is exactly when users turn to this tool)."""
+    saved = []
+    for module in model.modules():
+        for attr in _HOOK_DICTS:
+            hooks = getattr(module, attr, None)
+            if hooks:
+                saved.append((hooks, dict(hooks)))
+                hooks.clear()
+    try:
+        yield
+    finally:
+        for hooks, content in saved:
+            hooks.update(content)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+
+
+def _export_dynamo(model: nn.Module, inputs: tuple, names: list[str]) -> onnx.ModelProto:
+    batch = torch.export.Dim("batch")
+    dynamic = tuple({0: batch} if t.dim() > 0 else {} for t in inputs)
+    with _quiet():
+        program = torch.onnx.export(model, inputs, dynamo=True, dynamic_shapes=dynamic,
+                                    input_names=names, verbose=False, optimize=False)
+    # optimize=False keeps BatchNormalization separate from Conv, so each layer keeps the
+    # name of its own module; constant subgraphs the optimizer would fold, the importer folds.
+    return program.model_proto
+
+
+class _DataDependentTrace(Exception):
+    pass
+
+
+def _export_torchscript(model: nn.Module, inputs: tuple, names: list[str]) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("always")
+        with torch.no_grad():
+            torch.onnx.export(model, inputs, buffer, dynamo=False, input_names=names, opset_version=17,
+                              dynamic_axes={n: {0: "batch"} for n, t in zip(names, inputs) if t.dim() > 0})
+    traced_a_branch = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    if traced_a_branch:
+        # The trace followed one branch of data-dependent Python: the graph would be
+        # right only for inputs that take the same branch.
+        raise _DataDependentTrace(str(traced_a_branch[0].message).splitlines()[0])
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def export_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], *, exporter: str = "auto") -> ExportedModel:
+    """Export ``model`` called on ``inputs`` to an in-memory ONNX model with a dynamic batch dim.
+
+    ``exporter`` is "auto" (dynamo, then TorchScript when dynamo fails), "dynamo" or
+    "torchscript". Raises :class:`ExportError` naming each exporter's failure.
+    """
+    if not isinstance(model, nn.Module):
+        raise ExportError(f"expected a torch.nn.Module, got {type(model).__name__}",
+                          fix="pass an nn.Module, an ONNX file path or an onnx.ModelProto")
+    bad = [i for i, t in enumerate(inputs) if not isinstance(t, torch.Tensor)]
+    if bad or not inputs:
+        raise ExportError("example inputs must be one or more torch.Tensor values",
+                          fix="call rewrite(model, x) or rewrite(model, x1, x2) with tensors")
+    names = input_names_for(model, len(inputs))
+    inputs = at_least_batch_two(inputs)
+    was_training = model.training
+    model.eval()
+    failures: list[str] = []
+    with _hooks_detached(model):
+        return _export_with_fallback(model, inputs, names, exporter, failures, was_training)
+
+
+def _export_with_fallback(model: nn.Module, inputs: tuple, names: list[str], exporter: str,
+                          failures: list[str], was_training: bool) -> ExportedModel:
+    try:
+        if exporter in ("auto", DYNAMO):
+            try:
+                return ExportedModel(_export_dynamo(model, inputs, names), DYNAMO, names)
+            except Exception as exc:  # the exporter raises many unrelated types
+                failures.append(f"dynamo exporter: {_first_line(exc)}")
+        if exporter in ("auto", TORCHSCRIPT):
+            try:
+                proto = _export_torchscript(model, inputs, names)
+                return ExportedModel(proto, TORCHSCRIPT, names, failures[0] if failures else None)
+            except _DataDependentTrace as exc:
+                failures.append(f"torchscript exporter: data-dependent control flow ({exc})")
+            except Exception as exc:
+                failures.append(f"torchscript exporter: {_first_line(exc)}")
+    finally:
+        model.train(was_training)
+    raise ExportError("the model could not be exported to ONNX; " + "; ".join(failures),
+                      fix="make forward() free of data-dependent Python control flow and return tensors "
+                          "(or a tuple of tensors), or export to ONNX yourself and pass the file")

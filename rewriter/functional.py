@@ -1,0 +1,315 @@
+"""Runtime helpers with exact ONNX semantics, for ops that have no one-call torch equivalent.
+
+Each helper takes tensors and plain Python values, so it runs the same whether its inputs
+were constants folded at import time or tensors flowing through the rewritten model.
+Every helper is linear in its data input (or does not touch data at all), so the plain
+gradient is already the exact DeepLIFT multiplier through it.
+
+The importer calls these through ``torch.fx`` nodes marked as wrapped, so they stay single
+calls when a saved model is loaded and re-traced.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+IntsLike = Sequence[int] | torch.Tensor
+
+
+def ints(value: IntsLike | int) -> list[int]:
+    """A list of Python ints from an int tensor, a sequence, or a single int."""
+    if isinstance(value, torch.Tensor):
+        return [int(v) for v in value.reshape(-1).tolist()]
+    if isinstance(value, int):
+        return [value]
+    return [int(v) for v in value]
+
+
+def onnx_shape(x: torch.Tensor, start: int = 0, end: int | None = None) -> torch.Tensor:
+    """ONNX Shape: the dims of ``x`` as an int64 tensor, sliced by ``start:end``."""
+    return torch.tensor(x.shape[start:end], dtype=torch.int64)
+
+
+def onnx_size(x: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(x.numel(), dtype=torch.int64)
+
+
+def onnx_reshape(x: torch.Tensor, shape: IntsLike, allowzero: int = 0) -> torch.Tensor:
+    """ONNX Reshape: a 0 copies the input's dim (unless ``allowzero``), -1 is inferred."""
+    target = ints(shape)
+    if not allowzero:
+        target = [x.shape[i] if d == 0 else d for i, d in enumerate(target)]
+    return x.reshape(target)
+
+
+def onnx_flatten(x: torch.Tensor, axis: int = 1) -> torch.Tensor:
+    axis = axis + x.dim() if axis < 0 else axis
+    return x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
+
+
+def onnx_expand(x: torch.Tensor, shape: IntsLike) -> torch.Tensor:
+    """ONNX Expand is two-way broadcasting: a target dim of 1 keeps the input's dim."""
+    return x.expand(torch.broadcast_shapes(tuple(x.shape), tuple(ints(shape))))
+
+
+def onnx_unsqueeze(x: torch.Tensor, axes: IntsLike) -> torch.Tensor:
+    rank = x.dim() + len(ints(axes))
+    for axis in sorted(a + rank if a < 0 else a for a in ints(axes)):
+        x = x.unsqueeze(axis)
+    return x
+
+
+def onnx_squeeze(x: torch.Tensor, axes: IntsLike | None = None) -> torch.Tensor:
+    if axes is None:
+        return x.squeeze()
+    return x.squeeze(tuple(ints(axes)))
+
+
+def onnx_slice(x: torch.Tensor, starts: IntsLike, ends: IntsLike,
+               axes: IntsLike | None = None, steps: IntsLike | None = None) -> torch.Tensor:
+    """ONNX Slice, including negative steps and out-of-range clamping."""
+    starts, ends = ints(starts), ints(ends)
+    axes = ints(axes) if axes is not None else list(range(len(starts)))
+    steps = ints(steps) if steps is not None else [1] * len(starts)
+    index: list[slice] = [slice(None)] * x.dim()
+    reversed_axes = []
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        axis = axis + x.dim() if axis < 0 else axis
+        lo, hi, st = slice(start, end, step).indices(x.shape[axis])
+        if st > 0:
+            index[axis] = slice(lo, max(hi, lo), st)
+        else:
+            reversed_axes.append((axis, lo, hi, st))
+    out = x[tuple(index)]
+    for axis, lo, hi, st in reversed_axes:
+        out = out.index_select(axis, torch.arange(lo, hi, st, device=x.device))
+    return out
+
+
+def onnx_gather(x: torch.Tensor, indices: torch.Tensor | int, axis: int = 0) -> torch.Tensor:
+    """ONNX Gather: the indexed axis is replaced by the shape of ``indices``."""
+    axis = axis + x.dim() if axis < 0 else axis
+    idx = torch.as_tensor(indices, device=x.device).long()
+    idx = torch.where(idx < 0, idx + x.shape[axis], idx)
+    picked = x.index_select(axis, idx.reshape(-1))
+    return picked.reshape(tuple(x.shape[:axis]) + tuple(idx.shape) + tuple(x.shape[axis + 1:]))
+
+
+def onnx_gather_elements(x: torch.Tensor, indices: torch.Tensor, axis: int = 0) -> torch.Tensor:
+    idx = indices.long()
+    idx = torch.where(idx < 0, idx + x.shape[axis], idx)
+    return torch.gather(x, axis, idx)
+
+
+def onnx_gather_nd(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    idx = indices.long()
+    k = idx.shape[-1]
+    dims = torch.tensor(x.shape[:k], device=x.device)
+    idx = torch.where(idx < 0, idx + dims, idx)
+    return x[tuple(idx[..., i] for i in range(k))]
+
+
+def onnx_scatter_nd(x: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor,
+                    reduction: str = "none") -> torch.Tensor:
+    idx = indices.long()
+    k = idx.shape[-1]
+    key = tuple(idx[..., i] for i in range(k))
+    if reduction == "none":
+        return x.index_put(key, updates)
+    if reduction == "add":
+        return x.index_put(key, updates, accumulate=True)
+    out = x.clone()
+    current = out[key]
+    out[key] = current * updates if reduction == "mul" else (
+        torch.maximum(current, updates) if reduction == "max" else torch.minimum(current, updates))
+    return out
+
+
+def onnx_scatter_elements(x: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor,
+                          axis: int = 0, reduction: str = "none") -> torch.Tensor:
+    idx = indices.long()
+    idx = torch.where(idx < 0, idx + x.shape[axis], idx)
+    if reduction == "none":
+        return x.scatter(axis, idx, updates)
+    reduce = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}[reduction]
+    return x.scatter_reduce(axis, idx, updates, reduce=reduce)
+
+
+def onnx_split(x: torch.Tensor, axis: int, sizes: IntsLike | None, count: int) -> tuple[torch.Tensor, ...]:
+    """ONNX Split into ``count`` outputs: explicit ``sizes``, else equal parts, the last smaller."""
+    if sizes is not None:
+        return torch.split(x, ints(sizes), dim=axis)
+    dim = x.shape[axis]
+    part = -(-dim // count)
+    return torch.split(x, [part] * (count - 1) + [dim - part * (count - 1)], dim=axis)
+
+
+def onnx_constant_of_shape(shape: IntsLike, value: torch.Tensor) -> torch.Tensor:
+    return torch.full(ints(shape), value.reshape(()).item(), dtype=value.dtype)
+
+
+def onnx_range(start: torch.Tensor, limit: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype)
+
+
+def onnx_tile(x: torch.Tensor, repeats: IntsLike) -> torch.Tensor:
+    return x.repeat(ints(repeats))
+
+
+def onnx_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """ONNX Div: integer division truncates toward zero."""
+    if not a.is_floating_point() and not (isinstance(b, torch.Tensor) and b.is_floating_point()):
+        return torch.div(a, b, rounding_mode="trunc")
+    return a / b
+
+
+def onnx_cumsum(x: torch.Tensor, axis: int, exclusive: int = 0, reverse: int = 0) -> torch.Tensor:
+    if reverse:
+        x = x.flip(axis)
+    out = torch.cumsum(x, axis)
+    if exclusive:
+        out = out - x
+    return out.flip(axis) if reverse else out
+
+
+def onnx_pad(x: torch.Tensor, pads: IntsLike, mode: str = "constant", value: float = 0.0,
+             axes: IntsLike | None = None) -> torch.Tensor:
+    """ONNX Pad: ``pads`` holds all begins then all ends, for ``axes`` (default: every axis)."""
+    pads = ints(pads)
+    axes = [a + x.dim() if a < 0 else a for a in (ints(axes) if axes is not None else range(x.dim()))]
+    n = len(axes)
+    per_axis = {axis: (pads[i], pads[i + n]) for i, axis in enumerate(axes)}
+    first = min((a for a, p in per_axis.items() if p != (0, 0)), default=x.dim())
+    torch_pads: list[int] = []
+    for axis in range(x.dim() - 1, first - 1, -1):
+        torch_pads.extend(per_axis.get(axis, (0, 0)))
+    if not torch_pads:
+        return x
+    torch_mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}[mode]
+    if torch_mode == "constant":
+        return F.pad(x, torch_pads, mode="constant", value=value)
+    return F.pad(x, torch_pads, mode=torch_mode)
+
+
+def _source_coordinates(out_len: int, in_len: int, scale: float, mode: str, device) -> torch.Tensor:
+    """Where each output position samples the input, per ONNX Resize's coordinate modes."""
+    i = torch.arange(out_len, dtype=torch.float64, device=device)
+    if mode == "asymmetric":
+        return i / scale
+    if mode == "align_corners":
+        return i * ((in_len - 1) / (out_len - 1)) if out_len > 1 else torch.zeros_like(i)
+    if mode == "pytorch_half_pixel" and out_len == 1:
+        return torch.zeros_like(i)
+    if mode in ("half_pixel", "pytorch_half_pixel"):
+        return (i + 0.5) / scale - 0.5
+    if mode == "half_pixel_symmetric":
+        adjustment = out_len / (scale * in_len)
+        center = in_len / 2
+        offset = center * (1 - adjustment)
+        return offset + (i + 0.5) / scale - 0.5
+    raise ValueError(f"coordinate_transformation_mode '{mode}' is not supported")
+
+
+def _round_nearest(coords: torch.Tensor, nearest_mode: str) -> torch.Tensor:
+    if nearest_mode == "floor":
+        return torch.floor(coords)
+    if nearest_mode == "ceil":
+        return torch.ceil(coords)
+    if nearest_mode == "round_prefer_ceil":
+        return torch.floor(coords + 0.5)
+    return torch.ceil(coords - 0.5)  # round_prefer_floor, ONNX's default
+
+
+def onnx_resize(x: torch.Tensor, scales: Sequence[float] | None, sizes: IntsLike | None,
+                mode: str = "nearest", coordinate_mode: str = "half_pixel",
+                nearest_mode: str = "round_prefer_floor", axes: IntsLike | None = None) -> torch.Tensor:
+    """ONNX Resize in nearest or (multi)linear mode, one axis at a time.
+
+    Both modes are gathers and fixed-weight blends of input elements, so the result is
+    linear in ``x``: exact under DeepLIFT.
+    """
+    axes = [a + x.dim() if a < 0 else a for a in (ints(axes) if axes is not None else range(x.dim()))]
+    if sizes is not None:
+        out_sizes = ints(sizes)
+        factors = [o / x.shape[a] for o, a in zip(out_sizes, axes)]
+    else:
+        factors = [float(s) for s in scales]
+        out_sizes = [int(math.floor(x.shape[a] * s)) for a, s in zip(axes, factors)]
+    for axis, out_len, scale in zip(axes, out_sizes, factors):
+        in_len = x.shape[axis]
+        if out_len == in_len and scale == 1.0:
+            continue
+        coords = _source_coordinates(out_len, in_len, scale, coordinate_mode, x.device)
+        if mode == "nearest":
+            idx = _round_nearest(coords, nearest_mode).clamp(0, in_len - 1).long()
+            x = x.index_select(axis, idx)
+            continue
+        coords = coords.clamp(0, in_len - 1)
+        low = coords.floor().long()
+        high = (low + 1).clamp(max=in_len - 1)
+        shape = [1] * x.dim()
+        shape[axis] = out_len
+        weight = (coords - low).to(x.dtype).reshape(shape)
+        x = x.index_select(axis, low) * (1 - weight) + x.index_select(axis, high) * weight
+    return x
+
+
+def onnx_depth_to_space(x: torch.Tensor, blocksize: int, mode: str = "DCR") -> torch.Tensor:
+    n, c, h, w = x.shape
+    b = blocksize
+    if mode == "DCR":
+        y = x.reshape(n, b, b, c // (b * b), h, w).permute(0, 3, 4, 1, 5, 2)
+    else:
+        y = x.reshape(n, c // (b * b), b, b, h, w).permute(0, 1, 4, 2, 5, 3)
+    return y.reshape(n, c // (b * b), h * b, w * b)
+
+
+def onnx_space_to_depth(x: torch.Tensor, blocksize: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    b = blocksize
+    y = x.reshape(n, c, h // b, b, w // b, b).permute(0, 3, 5, 1, 2, 4)
+    return y.reshape(n, c * b * b, h // b, w // b)
+
+
+def onnx_trilu(x: torch.Tensor, k: int = 0, upper: int = 1) -> torch.Tensor:
+    return torch.triu(x, k) if upper else torch.tril(x, k)
+
+
+def onnx_topk(x: torch.Tensor, k: IntsLike, axis: int = -1, largest: int = 1,
+              sorted: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    values, indices = torch.topk(x, ints(k)[0], dim=axis, largest=bool(largest), sorted=bool(sorted))
+    return values, indices
+
+
+def onnx_nonzero(x: torch.Tensor) -> torch.Tensor:
+    return torch.nonzero(x).t().contiguous()
+
+
+def onnx_one_hot(indices: torch.Tensor, depth: torch.Tensor, values: torch.Tensor,
+                 axis: int = -1) -> torch.Tensor:
+    d = int(depth.reshape(()).item())
+    idx = indices.long()
+    idx = torch.where(idx < 0, idx + d, idx)
+    hot = F.one_hot(idx.clamp(0, d - 1), d) * ((idx >= 0) & (idx < d)).unsqueeze(-1)
+    off, on = values[0], values[1]
+    out = hot.to(values.dtype) * (on - off) + off
+    return out.movedim(-1, axis) if axis != -1 else out
+
+
+def onnx_avg_pool_padded(x: torch.Tensor, kernel: list[int], strides: list[int], pads: list[int],
+                         ceil_mode: bool, count_include_pad: bool) -> torch.Tensor:
+    """Average pooling with asymmetric zero padding (``pads`` in F.pad order).
+
+    Without ``count_include_pad`` each window is divided by its count of real elements,
+    found by pooling a map of ones the same way.
+    """
+    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[len(kernel)]
+    total = pool(F.pad(x, pads), kernel, strides, 0, ceil_mode, True)
+    if count_include_pad:
+        return total
+    ones = F.pad(torch.ones_like(x[:1, :1]), pads)
+    return total / pool(ones, kernel, strides, 0, ceil_mode, True)

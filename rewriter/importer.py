@@ -1,0 +1,370 @@
+"""ONNX -> ``torch.fx.GraphModule``: a faithful translation, one ONNX node to one fx node.
+
+Values flowing through the import are either ``fx.Node`` (computed at run time) or
+``torch.Tensor`` (known at import time). A node whose inputs are all known is computed
+right away by the same converter, so shape arithmetic and constant subgraphs fold into
+constants without a separate folding pass.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+import torch.fx as fx
+from onnx import numpy_helper
+from torch import nn
+
+from . import functional
+from .errors import ConversionError, UnsupportedOpError
+from .modules import is_linear_layer
+from .naming import sanitize
+
+Value = fx.Node | torch.Tensor | None
+
+ONNX_TO_TORCH_DTYPE: dict[int, torch.dtype] = {
+    onnx.TensorProto.FLOAT: torch.float32,
+    onnx.TensorProto.DOUBLE: torch.float64,
+    onnx.TensorProto.FLOAT16: torch.float16,
+    onnx.TensorProto.BFLOAT16: torch.bfloat16,
+    onnx.TensorProto.INT8: torch.int8,
+    onnx.TensorProto.UINT8: torch.uint8,
+    onnx.TensorProto.INT16: torch.int16,
+    onnx.TensorProto.INT32: torch.int32,
+    onnx.TensorProto.INT64: torch.int64,
+    onnx.TensorProto.BOOL: torch.bool,
+}
+
+_STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What shape inference knows of a value: dtype, and dims (int, symbol name, or None)."""
+
+    dtype: torch.dtype | None
+    shape: tuple[int | str | None, ...] | None
+
+    @property
+    def rank(self) -> int | None:
+        return None if self.shape is None else len(self.shape)
+
+    @property
+    def static_shape(self) -> tuple[int, ...] | None:
+        if self.shape is None or not all(isinstance(d, int) for d in self.shape):
+            return None
+        return tuple(self.shape)  # type: ignore[arg-type]
+
+
+_UNKNOWN = TensorInfo(None, None)
+
+
+def _info_from_type(tp: onnx.TypeProto) -> TensorInfo:
+    if not tp.HasField("tensor_type"):
+        return _UNKNOWN
+    tt = tp.tensor_type
+    dtype = ONNX_TO_TORCH_DTYPE.get(tt.elem_type)
+    if not tt.HasField("shape"):
+        return TensorInfo(dtype, None)
+    dims: list[int | str | None] = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value") and d.dim_value >= 0:
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return TensorInfo(dtype, tuple(dims))
+
+
+def tensor_from_proto(proto: onnx.TensorProto) -> torch.Tensor:
+    array = numpy_helper.to_array(proto)
+    if proto.data_type == onnx.TensorProto.BFLOAT16:
+        return torch.from_numpy(np.ascontiguousarray(array).astype(np.float32)).to(torch.bfloat16)
+    return torch.from_numpy(np.array(array, copy=True))
+
+
+def _attribute_value(attr: onnx.AttributeProto) -> Any:
+    kind = attr.type
+    if kind == onnx.AttributeProto.FLOAT:
+        return float(attr.f)
+    if kind == onnx.AttributeProto.INT:
+        return int(attr.i)
+    if kind == onnx.AttributeProto.STRING:
+        return attr.s.decode("utf-8", errors="replace")
+    if kind == onnx.AttributeProto.FLOATS:
+        return [float(v) for v in attr.floats]
+    if kind == onnx.AttributeProto.INTS:
+        return [int(v) for v in attr.ints]
+    if kind == onnx.AttributeProto.STRINGS:
+        return [s.decode("utf-8", errors="replace") for s in attr.strings]
+    if kind == onnx.AttributeProto.TENSOR:
+        return tensor_from_proto(attr.t)
+    return attr  # graphs and sparse tensors: converters that accept them say so
+
+
+class NodeContext:
+    """What a converter sees of one ONNX node, and how it emits torch code for it."""
+
+    def __init__(self, importer: Importer, node: onnx.NodeProto) -> None:
+        self._importer = importer
+        self.node = node
+        self.name = node.name
+        self.op_type = node.op_type
+        self.inputs: list[Value] = [importer.value(n) if n else None for n in node.input]
+        self._attrs = {a.name: a for a in node.attribute}
+
+    # -- reading the node -------------------------------------------------------------
+
+    @property
+    def opset(self) -> int:
+        return self._importer.opset
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        return _attribute_value(self._attrs[name]) if name in self._attrs else default
+
+    def has_attr(self, name: str) -> bool:
+        return name in self._attrs
+
+    def input(self, i: int) -> Value:
+        return self.inputs[i] if i < len(self.inputs) else None
+
+    def const(self, i: int) -> torch.Tensor | None:
+        """Input ``i`` if it is known at import time, else None."""
+        value = self.input(i)
+        return value if isinstance(value, torch.Tensor) else None
+
+    def ints(self, i: int, attr: str | None = None) -> list[int] | None:
+        """An int list from attribute ``attr`` (older opsets) or constant input ``i`` (newer)."""
+        if attr is not None and attr in self._attrs:
+            return self.attr(attr)
+        value = self.const(i)
+        return None if value is None else functional.ints(value)
+
+    def info(self, i: int) -> TensorInfo:
+        if i >= len(self.node.input) or not self.node.input[i]:
+            return _UNKNOWN
+        value = self.input(i)
+        if isinstance(value, torch.Tensor):
+            return TensorInfo(value.dtype, tuple(value.shape))
+        return self._importer.infos.get(self.node.input[i], _UNKNOWN)
+
+    def rank(self, i: int) -> int:
+        rank = self.info(i).rank
+        if rank is None:
+            self.fail(f"the rank of input {i} ('{self.node.input[i]}') is unknown",
+                      "export the model with static ranks, or run onnx shape inference on it first")
+        return rank  # type: ignore[return-value]
+
+    def fail(self, message: str, fix: str | None = None) -> None:
+        raise ConversionError(message, fix=fix, node=self.name, op_type=self.op_type)
+
+    def require(self, condition: bool, message: str, fix: str | None = None) -> None:
+        if not condition:
+            self.fail(message, fix)
+
+    def require_const(self, i: int, what: str) -> torch.Tensor:
+        value = self.const(i)
+        if value is None:
+            self.fail(f"{what} (input {i}) must be a constant", "fold the value into the graph as an initializer")
+        return value  # type: ignore[return-value]
+
+    # -- emitting code ----------------------------------------------------------------
+
+    def call(self, fn: Callable, *args: Any, **kwargs: Any) -> Value:
+        """``fn(*args, **kwargs)``: computed now when every input is known, else an fx node."""
+        return self._importer.emit("call_function", fn, args, kwargs)
+
+    def method(self, name: str, obj: Value, *args: Any, **kwargs: Any) -> Value:
+        return self._importer.emit("call_method", name, (obj, *args), kwargs)
+
+    def module(self, module: nn.Module, *args: Value, suffix: str = "") -> Value:
+        """Call ``module`` as a leaf submodule named after this node (plus ``suffix``)."""
+        if not any(isinstance(a, fx.Node) for a in args):
+            with torch.no_grad():
+                return module(*args)
+        name = self._importer.add_module(self.name + suffix, module)
+        return self._importer.graph.call_module(name, tuple(args))
+
+    def getitem(self, value: Value, index: Any) -> Value:
+        return self.call(operator.getitem, value, index)
+
+
+class Importer:
+    """Builds one GraphModule from one ONNX model. Use :func:`import_onnx`."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.opset = next((o.version for o in model.opset_import if o.domain in _STANDARD_DOMAINS), 1)
+        self.root = nn.Module()
+        self.graph = fx.Graph()
+        self.values: dict[str, Value] = {}
+        self.infos: dict[str, TensorInfo] = {}
+        self._attr_names: set[str] = set()
+        self._tensor_names: dict[int, str] = {}
+        self._materialized: dict[int, fx.Node] = {}
+        self._param_ids: set[int] = set()
+        self.current_node: str | None = None  # names the fx nodes emitted for it
+
+    # -- values ---------------------------------------------------------------------
+
+    def value(self, name: str) -> Value:
+        return self.values[name]
+
+    def set_value(self, name: str, value: Value) -> None:
+        self.values[name] = value
+        if isinstance(value, torch.Tensor):
+            self._tensor_names.setdefault(id(value), name)
+
+    def _unique_attr(self, base: str) -> str:
+        name, k = base, 1
+        while name in self._attr_names or hasattr(self.root, name):
+            name = f"{base}_{k}"
+            k += 1
+        self._attr_names.add(name)
+        return name
+
+    def add_module(self, base: str, module: nn.Module) -> str:
+        name = self._unique_attr(sanitize(base))
+        self.root.add_module(name, module)
+        return name
+
+    def materialize(self, value: Any) -> Any:
+        """Turn known tensors in an argument into something an fx node can hold."""
+        if isinstance(value, torch.Tensor):
+            if value.dim() == 0 and value.dtype != torch.bool:
+                return value.item()
+            node = self._materialized.get(id(value))
+            if node is None:
+                base = sanitize(self._tensor_names.get(id(value), "const"))
+                name = self._unique_attr(base)
+                if id(value) in self._param_ids:
+                    self.root.register_parameter(name, nn.Parameter(value, requires_grad=True))
+                else:
+                    self.root.register_buffer(name, value)
+                node = self.graph.get_attr(name)
+                self._materialized[id(value)] = node
+            return node
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.materialize(v) for v in value)
+        if isinstance(value, dict):
+            return {k: self.materialize(v) for k, v in value.items()}
+        return value
+
+    def emit(self, kind: str, target: Any, args: tuple, kwargs: dict) -> Value:
+        if not _contains_node((args, kwargs)):
+            fn = getattr(args[0], target) if kind == "call_method" else target
+            call_args = args[1:] if kind == "call_method" else args
+            with torch.no_grad():
+                return fn(*call_args, **kwargs)
+        args = self.materialize(args)
+        kwargs = self.materialize(kwargs)
+        node = self.graph.create_node(kind, target, args, kwargs, name=self.current_node)
+        if kind == "call_function" and getattr(target, "__module__", None) == functional.__name__:
+            # Keeps the helper one call when a saved model is loaded and re-traced.
+            node.meta["is_wrapped"] = True
+        return node
+
+    # -- the import -----------------------------------------------------------------
+
+    def run(self, class_name: str) -> fx.GraphModule:
+        from .converters import CONVERTERS
+
+        graph = self.model.graph
+        self._check_supported(CONVERTERS)
+        for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+            self.infos[vi.name] = _info_from_type(vi.type)
+        initializers = {init.name for init in graph.initializer}
+        for init in graph.initializer:
+            tensor = tensor_from_proto(init)
+            if tensor.is_floating_point() and tensor.numel() > 1:
+                self._param_ids.add(id(tensor))
+            self.set_value(init.name, tensor)
+        for inp in graph.input:
+            if inp.name in initializers:
+                continue
+            self.set_value(inp.name, self.graph.placeholder(self._unique_attr(sanitize(inp.name))))
+        for node in graph.node:
+            self._convert(node, CONVERTERS[node.op_type])
+        results = [self.materialize(self.values[o.name]) for o in graph.output]
+        self.graph.output(results[0] if len(results) == 1 else tuple(results))
+        self._isolate_module_inputs()
+        draft = fx.GraphModule(self.root, self.graph, class_name)
+        draft.graph.eliminate_dead_code()
+        # Built again from the pruned graph, so only what is still used is kept.
+        module = fx.GraphModule(draft, draft.graph, class_name)
+        module.eval()
+        return module
+
+    def _isolate_module_inputs(self) -> None:
+        """Give each nonlinear module an input tensor of its own.
+
+        Captum's DeepLift hooks a module's input *tensor*: when that tensor also feeds
+        another consumer, or is the output of another hooked module, the hooks of the two
+        overwrite each other's gradients and the attributions stop summing up. A view per
+        consumer costs nothing and keeps every module's gradient separate.
+        """
+        for node in list(self.graph.nodes):
+            if node.op != "call_module" or is_linear_layer(self.root.get_submodule(node.target)):
+                continue
+            source = node.args[0]
+            if not isinstance(source, fx.Node):
+                continue
+            if len(source.users) > 1 or source.op in ("call_module", "placeholder"):
+                with self.graph.inserting_before(node):
+                    private = self.graph.call_method("view_as", (source, source))
+                    private.name = self.graph._graph_namespace.create_name(f"{node.target}_input", None)
+                node.replace_input_with(source, private)
+
+    def _check_supported(self, converters: dict) -> None:
+        missing: dict[str, str] = {}
+        for node in self.model.graph.node:
+            if node.domain not in _STANDARD_DOMAINS:
+                missing.setdefault(f"{node.domain}.{node.op_type}", node.name)
+            elif node.op_type not in converters:
+                missing.setdefault(node.op_type, node.name)
+        if missing:
+            raise UnsupportedOpError(missing)
+
+    def _convert(self, node: onnx.NodeProto, convert: Callable[[NodeContext], Any]) -> None:
+        ctx = NodeContext(self, node)
+        self.current_node = sanitize(node.name)
+        try:
+            result = convert(ctx)
+        except ConversionError:
+            raise
+        except Exception as exc:  # a converter met a case it does not handle
+            raise ConversionError(f"could not translate the node: {type(exc).__name__}: {exc}",
+                                  fix="check the node's attributes against the ONNX spec, or file an issue "
+                                      "with the model", node=node.name, op_type=node.op_type) from exc
+        outputs = [o for o in node.output]
+        if not isinstance(result, tuple):
+            result = (result,)
+        for name, value in zip(outputs, result):
+            if name:
+                self.set_value(name, value)
+        for name in outputs[len(result):]:
+            if name:
+                raise ConversionError(f"output '{name}' of the node is not supported",
+                                      fix="remove the consumers of that output", node=node.name,
+                                      op_type=node.op_type)
+
+
+def _contains_node(value: Any) -> bool:
+    if isinstance(value, fx.Node):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_contains_node(v) for v in value)
+    if isinstance(value, dict):
+        return any(_contains_node(v) for v in value.values())
+    return False
+
+
+def import_onnx(model: onnx.ModelProto, class_name: str = "ExplainableModel") -> fx.GraphModule:
+    """Translate a shape-inferred ONNX model into an equivalent ``torch.fx.GraphModule``."""
+    return Importer(model).run(sanitize(class_name) if not class_name.isidentifier() else class_name)

@@ -1,0 +1,87 @@
+"""Reading ONNX input safely, and normalising it before the passes run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+import onnx.inliner
+from google.protobuf.message import DecodeError
+from onnx import external_data_helper
+
+from .errors import InputError
+from .naming import assign_unique_names
+
+_FIX_REEXPORT = "check that the file is a complete ONNX model (re-export or re-download it)"
+
+
+def _checked_external_locations(model: onnx.ModelProto, base: Path) -> None:
+    """Refuse external-data locations outside the model's own directory, before reading any."""
+    root = base.resolve()
+    for tensor in external_data_helper._get_all_tensors(model):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        candidate = base / location
+        if (not location or os.path.isabs(location) or ".." in Path(location).parts
+                or candidate.is_symlink() or root not in candidate.resolve().parents):
+            raise InputError(
+                f"tensor '{tensor.name}' keeps its data at '{location}', outside the model's directory",
+                fix="store external data files next to the model file, referenced by plain relative names")
+        if not candidate.is_file():
+            raise InputError(f"external data file '{location}' for tensor '{tensor.name}' does not exist",
+                             fix="copy the data file next to the model file")
+
+
+def read_onnx(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read an ONNX file (and its external data, only from beside it)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"input file '{path}' does not exist", fix="check the path")
+    if path.is_dir():
+        raise InputError(f"input '{path}' is a directory, not an ONNX file", fix="pass the .onnx file itself")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read '{path}': {exc.strerror}", fix="check the file's permissions") from exc
+    model = parse_onnx(data, str(path))
+    _checked_external_locations(model, path.parent)
+    try:
+        external_data_helper.load_external_data_for_model(model, str(path.parent))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the external data of '{path}': {exc}", fix=_FIX_REEXPORT) from exc
+    return model
+
+
+def parse_onnx(data: bytes, origin: str = "input") -> onnx.ModelProto:
+    if not data:
+        raise InputError(f"'{origin}' is empty", fix=_FIX_REEXPORT)
+    try:
+        model = onnx.load_from_string(data)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"'{origin}' is not an ONNX model (protobuf parse failed)", fix=_FIX_REEXPORT) from exc
+    if not model.graph.node and not model.graph.output:
+        raise InputError(f"'{origin}' holds no graph", fix=_FIX_REEXPORT)
+    return model
+
+
+def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Check the model, inline its local functions, and give every node a readable unique name.
+
+    Naming happens here, on the protobuf, because it reads exporter metadata that later
+    graph tooling does not keep.
+    """
+    model_copy = onnx.ModelProto()
+    model_copy.CopyFrom(model)
+    try:
+        onnx.checker.check_model(model_copy)
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"the ONNX model is not valid: {first_line}",
+                         fix="repair or re-export the model; `python -m onnx.checker` shows details") from exc
+    if model_copy.functions:
+        model_copy = onnx.inliner.inline_local_functions(model_copy)
+    assign_unique_names(model_copy.graph)
+    return model_copy

@@ -1,0 +1,172 @@
+"""Check that a rewritten model computes what its source computes.
+
+Tolerances depend on the output dtype. An element passes when
+``|result - reference| <= atol + rtol * |reference|`` (as ``torch.allclose``); the reported
+``max_rel`` is the largest absolute difference divided by the largest reference magnitude,
+which stays meaningful where single reference elements are near zero.
+
+========  ========  ========
+dtype     atol      rtol
+========  ========  ========
+float64   1e-7      1e-6
+float32   1e-5      1e-4
+float16   1e-3      1e-2
+bfloat16  1e-2      5e-2
+integer   0         0
+========  ========  ========
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+
+from .errors import InputError, VerificationError
+
+TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (1e-7, 1e-6),
+    torch.float32: (1e-5, 1e-4),
+    torch.float16: (1e-3, 1e-2),
+    torch.bfloat16: (1e-2, 5e-2),
+}
+
+Runner = Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Overrides for the dtype defaults; None keeps the default."""
+
+    atol: float | None = None
+    rtol: float | None = None
+
+    def for_dtype(self, dtype: torch.dtype) -> tuple[float, float]:
+        if not dtype.is_floating_point:
+            return 0.0, 0.0
+        atol, rtol = TOLERANCES.get(dtype, TOLERANCES[torch.float32])
+        return (self.atol if self.atol is not None else atol, self.rtol if self.rtol is not None else rtol)
+
+
+def as_list(outputs) -> list[torch.Tensor]:
+    if isinstance(outputs, torch.Tensor):
+        return [outputs]
+    if isinstance(outputs, (list, tuple)) and all(isinstance(o, torch.Tensor) for o in outputs):
+        return list(outputs)
+    raise VerificationError(f"the model returned {type(outputs).__name__}, not tensors", [],
+                            fix="make forward() return a tensor or a tuple of tensors")
+
+
+def torch_runner(model: torch.nn.Module) -> Runner:
+    def run(inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return as_list(model(*inputs))
+    return run
+
+
+def onnx_runner(model: onnx.ModelProto) -> Runner:
+    """Run ``model`` with onnxruntime; a fixed leading dim is honoured by running in chunks."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise InputError(f"onnxruntime cannot load the source model, so the rewrite cannot be verified: "
+                         f"{str(exc).strip().splitlines()[0][:300]}",
+                         fix="check that the model runs in onnxruntime") from exc
+    names = [i.name for i in session.get_inputs()]
+    fixed = [i.shape[0] if i.shape and isinstance(i.shape[0], int) else None for i in session.get_inputs()]
+
+    def run(inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        chunk = next((f for f in fixed if f), None)
+        batch = inputs[0].shape[0] if inputs and inputs[0].dim() else 1
+        step = chunk if chunk and batch % chunk == 0 else batch
+        pieces: list[list[np.ndarray]] = []
+        for start in range(0, batch, step):
+            feed = {n: (t[start:start + step] if f else t).detach().cpu().numpy()
+                    for n, t, f in zip(names, inputs, fixed)}
+            pieces.append(session.run(None, feed))
+        return [torch.from_numpy(np.concatenate([p[k] for p in pieces]) if len(pieces) > 1 else pieces[0][k])
+                for k in range(len(pieces[0]))]
+    return run
+
+
+def other_batch(inputs: Sequence[torch.Tensor], extra_rows: int = 1) -> tuple[torch.Tensor, ...]:
+    """A second check batch built from the example inputs: their rows in reverse order, plus
+    ``extra_rows`` more, with a little deterministic noise on float inputs so rows differ."""
+    generator = torch.Generator().manual_seed(0)
+    batch = inputs[0].shape[0] if inputs and inputs[0].dim() else 1
+    size = batch + extra_rows
+    out = []
+    for t in inputs:
+        if t.dim() == 0:
+            out.append(t)
+            continue
+        rows = torch.cat([t.flip(0)] * (size // t.shape[0] + 1))[:size]
+        if rows.is_floating_point():
+            scale = rows.float().std().clamp(min=1e-3) * 0.05
+            rows = rows + (torch.randn(rows.shape, generator=generator) * scale).to(rows.dtype)
+        out.append(rows)
+    return tuple(out)
+
+
+def compare(result: list[torch.Tensor], reference: list[torch.Tensor], names: Sequence[str], batch: int,
+            tolerance: Tolerance) -> list[dict]:
+    if len(result) != len(reference):
+        raise VerificationError(f"the rewritten model returns {len(result)} outputs, the source {len(reference)}",
+                                [], fix="report this as a bug with the model")
+    diffs = []
+    for name, got, want in zip(names, result, reference):
+        atol, rtol = tolerance.for_dtype(want.dtype)
+        entry = {"output": name, "batch": batch, "atol": atol, "rtol": rtol}
+        if tuple(got.shape) != tuple(want.shape):
+            diffs.append({**entry, "max_abs": float("inf"), "max_rel": float("inf"), "ok": False,
+                          "shape": [list(got.shape), list(want.shape)]})
+            continue
+        g, w = got.detach().double().cpu(), want.detach().double().cpu()
+        both_nan = torch.isnan(g) & torch.isnan(w)
+        diff = torch.where(both_nan, torch.zeros_like(g), (g - w).abs())
+        diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
+        max_abs = float(diff.max()) if diff.numel() else 0.0
+        scale = float(w.abs().nan_to_num(0.0, 0.0, 0.0).max()) if w.numel() else 0.0
+        ok = bool((diff <= atol + rtol * w.abs().nan_to_num(0.0, 0.0, 0.0)).all()) if w.numel() else True
+        diffs.append({**entry, "max_abs": max_abs, "max_rel": max_abs / scale if scale > 0 else max_abs, "ok": ok})
+    return diffs
+
+
+def verify(result_model: torch.nn.Module, reference: Runner, inputs: Sequence[torch.Tensor],
+           output_names: Sequence[str], tolerance: Tolerance = Tolerance(), extra_rows: int = 1) -> list[dict]:
+    """Compare ``result_model`` with ``reference`` on ``inputs`` and on a second batch with
+    ``extra_rows`` more rows (0 when the batch size is fixed).
+
+    Returns the per-output figures; raises :class:`VerificationError` when any output
+    differs beyond tolerance, or the source itself produces NaN or Inf.
+    """
+    run = torch_runner(result_model)
+    diffs: list[dict] = []
+    for batch_inputs in (tuple(inputs), other_batch(inputs, extra_rows)):
+        want = reference(batch_inputs)
+        bad = [n for n, w in zip(output_names, want) if w.is_floating_point() and not torch.isfinite(w).all()]
+        if bad:
+            raise VerificationError(f"the source model outputs NaN or Inf in {', '.join(bad)} on the check inputs, "
+                                    "so the rewrite cannot be verified", [],
+                                    fix="give example inputs on which the model produces finite outputs")
+        batch = batch_inputs[0].shape[0] if batch_inputs and batch_inputs[0].dim() else 1
+        try:
+            got = run(batch_inputs)
+        except Exception as exc:
+            raise VerificationError(f"the rewritten model failed on a batch of {batch}: "
+                                    f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}", [],
+                                    fix="the model may depend on a fixed batch size; pass dynamic_batch=False "
+                                        "(CLI --static-batch) or re-export with a dynamic batch dim") from exc
+        diffs.extend(compare(got, want, output_names, batch, tolerance))
+    if not all(d["ok"] for d in diffs):
+        raise VerificationError("the rewritten model does not match the source", diffs,
+                                fix="loosen --atol/--rtol if the difference is float rounding, otherwise report "
+                                    "the model as a bug")
+    return diffs

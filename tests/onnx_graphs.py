@@ -1,0 +1,78 @@
+"""ONNX graphs built by hand with onnx.helper, shaped like what other producers emit."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def const(name: str, array) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def model(nodes, inputs, outputs, initializers=(), opset: int = 17, name: str = "graph") -> onnx.ModelProto:
+    graph = helper.make_graph(list(nodes), name, list(inputs), list(outputs), list(initializers))
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="tests")
+    proto.ir_version = 8
+    # Outputs declared without a shape get the inferred one: the checker requires a shape.
+    proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def keras_like_cnn(batch: int | str = "unk__12", seed: int = 0) -> onnx.ModelProto:
+    """What tf2onnx emits for a small Keras CNN: NHWC input transposed around a Conv, ReLU,
+    a Reshape fed by shape arithmetic, and Dense layers as MatMul + Add."""
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    inits = [
+        const("conv_w", rng.normal(size=(4, 3, 3, 3)).astype(f32) * 0.3),
+        const("conv_b", rng.normal(size=(4,)).astype(f32) * 0.1),
+        const("dense_w", rng.normal(size=(4 * 6 * 6, 8)).astype(f32) * 0.1),
+        const("dense_b", rng.normal(size=(8,)).astype(f32) * 0.1),
+        const("out_w", rng.normal(size=(8, 3)).astype(f32) * 0.3),
+        const("out_b", rng.normal(size=(3,)).astype(f32) * 0.1),
+        const("zero", np.array([0], dtype=np.int64)),
+        const("one", np.array([1], dtype=np.int64)),
+        const("minus_one", np.array([-1], dtype=np.int64)),
+    ]
+    nodes = [
+        helper.make_node("Transpose", ["input_1"], ["nchw"], perm=[0, 3, 1, 2], name="sequential/conv2d/Conv2D__6"),
+        helper.make_node("Conv", ["nchw", "conv_w", "conv_b"], ["conv"], pads=[1, 1, 1, 1], name="sequential/conv2d/BiasAdd"),
+        helper.make_node("Relu", ["conv"], ["relu"], name="sequential/conv2d/Relu"),
+        helper.make_node("Transpose", ["relu"], ["nhwc"], perm=[0, 2, 3, 1], name="sequential/conv2d/Relu__8"),
+        helper.make_node("Shape", ["nhwc"], ["shape"], name="sequential/flatten/Shape"),
+        helper.make_node("Slice", ["shape", "zero", "one"], ["batch_dim"], name="sequential/flatten/strided_slice"),
+        helper.make_node("Concat", ["batch_dim", "minus_one"], ["flat_shape"], axis=0, name="sequential/flatten/Reshape/shape"),
+        helper.make_node("Reshape", ["nhwc", "flat_shape"], ["flat"], name="sequential/flatten/Reshape"),
+        helper.make_node("MatMul", ["flat", "dense_w"], ["mm"], name="sequential/dense/MatMul"),
+        helper.make_node("Add", ["mm", "dense_b"], ["dense"], name="sequential/dense/BiasAdd"),
+        helper.make_node("Relu", ["dense"], ["dense_relu"], name="sequential/dense/Relu"),
+        helper.make_node("MatMul", ["dense_relu", "out_w"], ["mm2"], name="sequential/dense_1/MatMul"),
+        helper.make_node("Add", ["mm2", "out_b"], ["logits"], name="sequential/dense_1/BiasAdd"),
+        helper.make_node("Softmax", ["logits"], ["dense_1"], axis=-1, name="sequential/dense_1/Softmax"),
+    ]
+    return model(nodes, [helper.make_tensor_value_info("input_1", TensorProto.FLOAT, [batch, 6, 6, 3])],
+                 [helper.make_tensor_value_info("dense_1", TensorProto.FLOAT, [batch, 3])], inits, opset=13,
+                 name="tf2onnx")
+
+
+def fixed_batch_mlp(batch: int = 1, seed: int = 0) -> onnx.ModelProto:
+    """A graph exported with a fixed batch that bakes it into a Reshape target."""
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    inits = [
+        const("w1", rng.normal(size=(12, 10)).astype(f32) * 0.3),
+        const("b1", rng.normal(size=(10,)).astype(f32) * 0.1),
+        const("w2", rng.normal(size=(10, 2)).astype(f32) * 0.3),
+        const("flat", np.array([batch, 12], dtype=np.int64)),
+    ]
+    nodes = [
+        helper.make_node("Reshape", ["x", "flat"], ["x2"], name="flatten"),
+        helper.make_node("Gemm", ["x2", "w1", "b1"], ["h"], name="fc1"),
+        helper.make_node("Sigmoid", ["h"], ["s"], name="act"),
+        helper.make_node("MatMul", ["s", "w2"], ["y"], name="fc2"),
+    ]
+    return model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 4])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 2])], inits)
