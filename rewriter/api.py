@@ -109,7 +109,7 @@ def _extra_rows(source: onnx.ModelProto, results: list[PassResult]) -> int:
 
 
 def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str, int] | None = None,
-            exporter: str = "auto", atol: float | None = None, rtol: float | None = None,
+            exporter: str = "auto", opset: int | None = None, atol: float | None = None, rtol: float | None = None,
             dynamic_batch: bool = True, report: bool = False,
             progress: Progress | None = None) -> nn.Module | tuple[nn.Module, RewriteReport]:
     """Rewrite ``model`` into an equivalent ``torch.fx.GraphModule`` that SHAP's DeepExplainer
@@ -122,6 +122,7 @@ def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str
         dims: sizes for symbolic input dims of an ONNX model when no example inputs are
             given, by name, e.g. ``{"batch": 4, "seq": 16}``.
         exporter: "auto" (dynamo, then TorchScript), "dynamo" or "torchscript".
+        opset: ONNX opset to export a torch model with (default: the exporter's).
         atol, rtol: verification tolerances; default by dtype (see ``rewriter.verify``).
         dynamic_batch: make a fixed leading dim of an ONNX model's inputs dynamic.
         report: also return a :class:`RewriteReport`.
@@ -144,7 +145,7 @@ def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str
 
     if isinstance(model, nn.Module):
         say("exporting to ONNX")
-        exported = export_module(model, tuple(example_inputs), exporter=exporter)
+        exported = export_module(model, tuple(example_inputs), exporter=exporter, opset=opset)
         source_proto, inputs, reference = exported.model, tuple(example_inputs), torch_runner(model)
         info = RewriteReport("torch", exported.exporter, exported.fallback_reason)
         class_name = type(model).__name__

@@ -6,6 +6,7 @@ import contextlib
 import inspect
 import io
 import logging
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -89,12 +90,12 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
-def _export_dynamo(model: nn.Module, inputs: tuple, names: list[str]) -> onnx.ModelProto:
+def _export_dynamo(model: nn.Module, inputs: tuple, names: list[str], opset: int | None) -> onnx.ModelProto:
     batch = torch.export.Dim("batch")
     dynamic = tuple({0: batch} if t.dim() > 0 else {} for t in inputs)
     with _quiet():
-        program = torch.onnx.export(model, inputs, dynamo=True, dynamic_shapes=dynamic,
-                                    input_names=names, verbose=False, optimize=False)
+        program = torch.onnx.export(model, inputs, dynamo=True, dynamic_shapes=dynamic, input_names=names,
+                                    opset_version=opset, verbose=False, optimize=False)
     # optimize=False keeps BatchNormalization separate from Conv, so each layer keeps the
     # name of its own module; constant subgraphs the optimizer would fold, the importer folds.
     return program.model_proto
@@ -104,26 +105,35 @@ class _DataDependentTrace(Exception):
     pass
 
 
-def _export_torchscript(model: nn.Module, inputs: tuple, names: list[str]) -> onnx.ModelProto:
+def _export_torchscript(model: nn.Module, inputs: tuple, names: list[str], opset: int | None) -> onnx.ModelProto:
     buffer = io.BytesIO()
     with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("always")
-        with torch.no_grad():
-            torch.onnx.export(model, inputs, buffer, dynamo=False, input_names=names, opset_version=17,
-                              dynamic_axes={n: {0: "batch"} for n, t in zip(names, inputs) if t.dim() > 0})
-    traced_a_branch = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+        # Not under no_grad: there nn.TransformerEncoderLayer takes its fused fast path,
+        # which exports as one opaque aten op.
+        torch.onnx.export(model, inputs, buffer, dynamo=False, input_names=names, opset_version=opset or 17,
+                          dynamic_axes={n: {0: "batch"} for n, t in zip(names, inputs) if t.dim() > 0})
+    torch_dir = os.path.dirname(torch.__file__)
+    traced_a_branch = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)
+                       and not os.path.abspath(w.filename).startswith(torch_dir)]
     if traced_a_branch:
-        # The trace followed one branch of data-dependent Python: the graph would be
-        # right only for inputs that take the same branch.
+        # The model's own code converted a tensor to a Python value: the trace followed one
+        # branch and would be right only for inputs that take the same branch. (torch's own
+        # modules do this for checks that do not change the traced computation.)
         raise _DataDependentTrace(str(traced_a_branch[0].message).splitlines()[0])
     return onnx.load_from_string(buffer.getvalue())
 
 
-def export_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], *, exporter: str = "auto") -> ExportedModel:
+_EXPORTERS = {DYNAMO: _export_dynamo, TORCHSCRIPT: _export_torchscript}
+
+
+def export_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], *, exporter: str = "auto",
+                  opset: int | None = None) -> ExportedModel:
     """Export ``model`` called on ``inputs`` to an in-memory ONNX model with a dynamic batch dim.
 
     ``exporter`` is "auto" (dynamo, then TorchScript when dynamo fails), "dynamo" or
-    "torchscript". Raises :class:`ExportError` naming each exporter's failure.
+    "torchscript"; ``opset`` defaults to each exporter's own. Raises :class:`ExportError`
+    naming each exporter's failure.
     """
     if not isinstance(model, nn.Module):
         raise ExportError(f"expected a torch.nn.Module, got {type(model).__name__}",
@@ -134,29 +144,20 @@ def export_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], *, exporte
                           fix="call rewrite(model, x) or rewrite(model, x1, x2) with tensors")
     names = input_names_for(model, len(inputs))
     inputs = at_least_batch_two(inputs)
+    order = [DYNAMO, TORCHSCRIPT] if exporter == "auto" else [exporter]
+    failures: list[str] = []
     was_training = model.training
     model.eval()
-    failures: list[str] = []
-    with _hooks_detached(model):
-        return _export_with_fallback(model, inputs, names, exporter, failures, was_training)
-
-
-def _export_with_fallback(model: nn.Module, inputs: tuple, names: list[str], exporter: str,
-                          failures: list[str], was_training: bool) -> ExportedModel:
     try:
-        if exporter in ("auto", DYNAMO):
-            try:
-                return ExportedModel(_export_dynamo(model, inputs, names), DYNAMO, names)
-            except Exception as exc:  # the exporter raises many unrelated types
-                failures.append(f"dynamo exporter: {_first_line(exc)}")
-        if exporter in ("auto", TORCHSCRIPT):
-            try:
-                proto = _export_torchscript(model, inputs, names)
-                return ExportedModel(proto, TORCHSCRIPT, names, failures[0] if failures else None)
-            except _DataDependentTrace as exc:
-                failures.append(f"torchscript exporter: data-dependent control flow ({exc})")
-            except Exception as exc:
-                failures.append(f"torchscript exporter: {_first_line(exc)}")
+        with _hooks_detached(model):
+            for name in order:
+                try:
+                    proto = _EXPORTERS[name](model, inputs, names, opset)
+                    return ExportedModel(proto, name, names, failures[0] if failures else None)
+                except _DataDependentTrace as exc:
+                    failures.append(f"{name} exporter: data-dependent control flow ({exc})")
+                except Exception as exc:  # the exporters raise many unrelated types
+                    failures.append(f"{name} exporter: {_first_line(exc)}")
     finally:
         model.train(was_training)
     raise ExportError("the model could not be exported to ONNX; " + "; ".join(failures),

@@ -29,6 +29,18 @@ def ints(value: IntsLike | int) -> list[int]:
     return [int(v) for v in value]
 
 
+def onnx_dims(items: Sequence[int], scalar: bool = False) -> torch.Tensor:
+    """The int64 tensor of a shape computed element by element (see ``rewriter.dims``)."""
+    tensor = torch.tensor([int(i) for i in items], dtype=torch.int64)
+    return tensor.reshape(()) if scalar else tensor
+
+
+def onnx_trunc_div(a: int, b: int) -> int:
+    """Integer division rounding toward zero, as ONNX Div on integers."""
+    quotient = abs(a) // abs(b)
+    return quotient if (a >= 0) == (b >= 0) else -quotient
+
+
 def onnx_shape(x: torch.Tensor, start: int = 0, end: int | None = None) -> torch.Tensor:
     """ONNX Shape: the dims of ``x`` as an int64 tensor, sliced by ``start:end``."""
     return torch.tensor(x.shape[start:end], dtype=torch.int64)
@@ -313,3 +325,16 @@ def onnx_avg_pool_padded(x: torch.Tensor, kernel: list[int], strides: list[int],
         return total
     ones = F.pad(torch.ones_like(x[:1, :1]), pads)
     return total / pool(ones, kernel, strides, 0, ceil_mode, True)
+
+
+def onnx_split_to_sequence(x: torch.Tensor, axis: int, split: int | list[int] | None,
+                           keepdims: int = 1) -> tuple[torch.Tensor, ...]:
+    """ONNX SplitToSequence: chunks of ``split`` (size or sizes), or single slices when absent."""
+    if split is None:
+        parts = torch.split(x, 1, dim=axis)
+        return parts if keepdims else tuple(p.squeeze(axis) for p in parts)
+    return torch.split(x, split, dim=axis)
+
+
+def onnx_sequence_length(sequence: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.tensor(len(sequence), dtype=torch.int64)

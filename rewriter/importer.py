@@ -21,11 +21,14 @@ from onnx import numpy_helper
 from torch import nn
 
 from . import functional
+from .dims import Dims, items_of
 from .errors import ConversionError, UnsupportedOpError
 from .modules import is_linear_layer
 from .naming import sanitize
 
-Value = fx.Node | torch.Tensor | None
+# fx.Node: computed at run time; Tensor: known now; Dims: a shape known element by element;
+# list: an ONNX sequence.
+Value = fx.Node | torch.Tensor | Dims | list | None
 
 ONNX_TO_TORCH_DTYPE: dict[int, torch.dtype] = {
     onnx.TensorProto.FLOAT: torch.float32,
@@ -116,7 +119,7 @@ class NodeContext:
         self.node = node
         self.name = node.name
         self.op_type = node.op_type
-        self.inputs: list[Value] = [importer.value(n) if n else None for n in node.input]
+        self.raw: list[Value] = [importer.value(n) if n else None for n in node.input]
         self._attrs = {a.name: a for a in node.attribute}
 
     # -- reading the node -------------------------------------------------------------
@@ -131,12 +134,29 @@ class NodeContext:
     def has_attr(self, name: str) -> bool:
         return name in self._attrs
 
+    @property
+    def inputs(self) -> list[Value]:
+        return [self.input(i) for i in range(len(self.raw))]
+
     def input(self, i: int) -> Value:
-        return self.inputs[i] if i < len(self.inputs) else None
+        """Input ``i`` as a tensor (a Dims becomes a run-time int64 tensor), or None."""
+        value = self.raw[i] if i < len(self.raw) else None
+        return self._importer.dims_tensor(value) if isinstance(value, Dims) else value
+
+    def dims(self, i: int) -> tuple[tuple, bool] | None:
+        """Input ``i`` element by element ``(items, is_scalar)`` when it is a Dims or a small
+        constant int tensor; items are ints or fx nodes yielding ints."""
+        return items_of(self.raw[i]) if i < len(self.raw) else None
+
+    def int_list(self, i: int) -> list | None:
+        """Input ``i`` as a list of ints and int-yielding fx nodes, when it is a 1-D shape
+        known element by element; for passing shapes straight to torch calls."""
+        found = self.dims(i)
+        return list(found[0]) if found is not None and not found[1] else None
 
     def const(self, i: int) -> torch.Tensor | None:
         """Input ``i`` if it is known at import time, else None."""
-        value = self.input(i)
+        value = self.raw[i] if i < len(self.raw) else None
         return value if isinstance(value, torch.Tensor) else None
 
     def ints(self, i: int, attr: str | None = None) -> list[int] | None:
@@ -149,9 +169,11 @@ class NodeContext:
     def info(self, i: int) -> TensorInfo:
         if i >= len(self.node.input) or not self.node.input[i]:
             return _UNKNOWN
-        value = self.input(i)
+        value = self.raw[i]
         if isinstance(value, torch.Tensor):
             return TensorInfo(value.dtype, tuple(value.shape))
+        if isinstance(value, Dims):
+            return TensorInfo(torch.int64, () if value.scalar else (len(value.items),))
         return self._importer.infos.get(self.node.input[i], _UNKNOWN)
 
     def rank(self, i: int) -> int:
@@ -209,6 +231,7 @@ class Importer:
         self._tensor_names: dict[int, str] = {}
         self._materialized: dict[int, fx.Node] = {}
         self._param_ids: set[int] = set()
+        self._dims_tensors: dict[int, fx.Node] = {}
         self.current_node: str | None = None  # names the fx nodes emitted for it
 
     # -- values ---------------------------------------------------------------------
@@ -234,6 +257,13 @@ class Importer:
         self.root.add_module(name, module)
         return name
 
+    def dims_tensor(self, dims: Dims) -> fx.Node:
+        """The run-time int64 tensor of a Dims, built once."""
+        if id(dims) not in self._dims_tensors:
+            self._dims_tensors[id(dims)] = self.emit("call_function", functional.onnx_dims,
+                                                     (list(dims.items), dims.scalar), {})
+        return self._dims_tensors[id(dims)]
+
     def materialize(self, value: Any) -> Any:
         """Turn known tensors in an argument into something an fx node can hold."""
         if isinstance(value, torch.Tensor):
@@ -250,6 +280,8 @@ class Importer:
                 node = self.graph.get_attr(name)
                 self._materialized[id(value)] = node
             return node
+        if isinstance(value, Dims):
+            return self.dims_tensor(value)
         if isinstance(value, (list, tuple)):
             return type(value)(self.materialize(v) for v in value)
         if isinstance(value, dict):
@@ -356,7 +388,7 @@ class Importer:
 
 
 def _contains_node(value: Any) -> bool:
-    if isinstance(value, fx.Node):
+    if isinstance(value, (fx.Node, Dims)):
         return True
     if isinstance(value, (list, tuple)):
         return any(_contains_node(v) for v in value)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from onnx import TensorProto, helper
 from onnx_graphs import const, model
 
@@ -179,3 +180,26 @@ CASES = {
 def test_converter_matches_onnxruntime(name):
     rewritten, report = rewrite(CASES[name], dims={"n": 3}, report=True)
     assert all(entry["ok"] for entry in report.verification)
+
+
+def test_shape_arithmetic_becomes_plain_size_calls():
+    """Shape -> Gather -> Unsqueeze -> Concat -> Reshape, as exporters write a flatten with a
+    dynamic batch, reads back as one reshape over ``x.size(0)``: no tensor shape ops left."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "axis0"], ["n1"]),
+        helper.make_node("Div", ["n1", "two"], ["half"]),
+        helper.make_node("Concat", ["half", "minus_one"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["y"]),
+    ]
+    proto = model(nodes, [helper.make_tensor_value_info("x", F32, ["n", 3, 4])],
+                  [helper.make_tensor_value_info("y", F32, None)],
+                  [const("zero", np.array(0, np.int64)), const("axis0", i64(0)), const("two", i64(2)),
+                   const("minus_one", i64(-1))])
+    rewritten = rewrite(proto, dims={"n": 4})
+    code = rewritten.code
+    assert "onnx_shape" not in code and "onnx_reshape" not in code and "torch.cat" not in code, code
+    assert ".size(0)" in code
+    x = torch.randn(6, 3, 4)
+    torch.testing.assert_close(rewritten(x), x.reshape(3, -1))

@@ -8,31 +8,53 @@ import operator
 import torch
 from torch import nn
 
-from .. import functional, modules
+from .. import dims, functional, modules
+from ..dims import Dims
 from ..importer import ONNX_TO_TORCH_DTYPE
 from . import converter
 
 
 def operand(ctx, i: int, other: int):
     """Input ``i``, as a Python number when it is a one-element constant that broadcasting
-    against input ``other`` would not change (so ``x * 0.5`` reads as such)."""
+    against the run-time input ``other`` would not change (so ``x * 0.5`` reads as such).
+    Between two constants it stays a tensor, so folding keeps ONNX's types."""
     value = ctx.const(i)
-    if value is not None and value.numel() == 1 and value.dtype != torch.bool:
+    if value is not None and ctx.const(other) is None and value.numel() == 1 and value.dtype != torch.bool:
         other_rank = ctx.info(other).rank
         if value.dim() == 0 or (other_rank is not None and other_rank >= value.dim()):
             return value.reshape(()).item()
     return ctx.input(i)
 
 
-def _binary(fn):
+def on_dims(ctx, fn):
+    """Elementwise ``fn`` over shape values known element by element (see ``rewriter.dims``);
+    None when neither input is such a value."""
+    if not any(isinstance(v, Dims) for v in ctx.raw[:2]):
+        return None
+    a, b = ctx.dims(0), ctx.dims(1)
+    if a is None or b is None:
+        return None
+    (left, left_scalar), (right, right_scalar) = a, b
+    n = max(len(left), len(right))
+    if {len(left), len(right)} - {1, n}:
+        return None
+    left, right = (left * n if len(left) == 1 else left), (right * n if len(right) == 1 else right)
+    return dims.make((ctx.call(fn, x, y) for x, y in zip(left, right)), scalar=left_scalar and right_scalar)
+
+
+def _binary(fn, dims_fn=None):
     def convert(ctx):
+        if dims_fn is not None:
+            result = on_dims(ctx, dims_fn)
+            if result is not None:
+                return result
         return ctx.call(fn, operand(ctx, 0, 1), operand(ctx, 1, 0))
     return convert
 
 
-converter("Add")(_binary(operator.add))
-converter("Sub")(_binary(operator.sub))
-converter("Mul")(_binary(operator.mul))
+converter("Add")(_binary(operator.add, operator.add))
+converter("Sub")(_binary(operator.sub, operator.sub))
+converter("Mul")(_binary(operator.mul, operator.mul))
 converter("Equal")(_binary(torch.eq))
 converter("Less")(_binary(torch.lt))
 converter("LessOrEqual")(_binary(torch.le))
@@ -50,6 +72,9 @@ def _is_float(ctx, i: int) -> bool:
 
 @converter("Div")
 def div(ctx):
+    result = on_dims(ctx, functional.onnx_trunc_div)
+    if result is not None:
+        return result
     if not (_is_float(ctx, 0) and _is_float(ctx, 1)):
         return ctx.call(functional.onnx_div, ctx.input(0), ctx.input(1))
     if ctx.const(0) is not None and ctx.const(1) is None:
@@ -138,8 +163,8 @@ def cast(ctx):
     dtype = ONNX_TO_TORCH_DTYPE.get(ctx.attr("to"))
     ctx.require(dtype is not None, f"Cast to ONNX type {ctx.attr('to')} is not supported",
                 "cast to a numeric or bool type")
-    if ctx.info(0).dtype == dtype:
-        return ctx.input(0)
+    if ctx.info(0).dtype == dtype or (isinstance(ctx.raw[0], Dims) and dtype in (torch.int32, torch.int64)):
+        return ctx.raw[0]
     return ctx.method("to", ctx.input(0), dtype)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import functional
+from .. import dims, functional
+from ..dims import Dims
 from . import converter
 
 
@@ -25,7 +26,7 @@ def constant(ctx):
 
 @converter("Identity")
 def identity(ctx):
-    return ctx.input(0)
+    return ctx.raw[0]
 
 
 @converter("Dropout")
@@ -40,10 +41,12 @@ def dropout(ctx):
 @converter("Shape")
 def shape(ctx):
     start, end = ctx.attr("start", 0), ctx.attr("end", None)
-    static = ctx.info(0).static_shape
-    if static is not None:
-        return torch.tensor(static[start:end], dtype=torch.int64)
-    return ctx.call(functional.onnx_shape, ctx.input(0), start, end)
+    shape = ctx.info(0).shape
+    if shape is None:
+        return ctx.call(functional.onnx_shape, ctx.input(0), start, end)
+    x = ctx.input(0)
+    items = [d if isinstance(d, int) else ctx.method("size", x, axis) for axis, d in enumerate(shape)]
+    return dims.make(items[start:end])
 
 
 @converter("Size")
@@ -51,13 +54,27 @@ def size(ctx):
     return ctx.call(functional.onnx_size, ctx.input(0))
 
 
+def _dims_input(ctx) -> Dims | None:
+    return ctx.raw[0] if isinstance(ctx.raw[0], Dims) else None
+
+
 @converter("Reshape")
 def reshape(ctx):
-    target = ctx.ints(1)
+    target = ctx.int_list(1)
     allowzero = ctx.attr("allowzero", 0)
-    if target is not None and (allowzero or 0 not in target):
-        return ctx.method("reshape", ctx.input(0), target)
-    return ctx.call(functional.onnx_reshape, ctx.input(0), target if target is not None else ctx.input(1), allowzero)
+    shape_value = _dims_input(ctx)
+    if shape_value is not None and target is not None and len(target) <= 1:
+        # Between 0-d and 1-d: a shape value stays element-wise.
+        return dims.make(shape_value.items, scalar=not target)
+    if target is None:
+        return ctx.call(functional.onnx_reshape, ctx.input(0), ctx.input(1), allowzero)
+    if not allowzero and any(isinstance(t, int) and t == 0 for t in target):
+        # ONNX's 0 copies the input's dim there.
+        shape = ctx.info(0).shape
+        x = ctx.input(0)
+        target = [(shape[i] if shape is not None and isinstance(shape[i], int) else ctx.method("size", x, i))
+                  if isinstance(t, int) and t == 0 else t for i, t in enumerate(target)]
+    return ctx.method("reshape", ctx.input(0), target)
 
 
 @converter("Flatten")
@@ -76,6 +93,9 @@ def transpose(ctx):
 
 @converter("Concat")
 def concat(ctx):
+    parts = [ctx.dims(i) for i in range(len(ctx.raw)) if ctx.raw[i] is not None]
+    if any(isinstance(v, Dims) for v in ctx.raw) and all(p is not None and not p[1] for p in parts):
+        return dims.make(item for items, _ in parts for item in items)
     return ctx.call(torch.cat, [v for v in ctx.inputs if v is not None], ctx.attr("axis"))
 
 
@@ -91,6 +111,9 @@ def split(ctx):
     return tuple(ctx.getitem(parts, i) for i in range(count))
 
 
+_UNBOUNDED = 2**31
+
+
 @converter("Slice")
 def slice_(ctx):
     if ctx.has_attr("starts"):  # opset < 10
@@ -103,10 +126,16 @@ def slice_(ctx):
     rank = ctx.info(0).rank
     axes = axes if axes is not None else list(range(len(starts)))
     steps = steps if steps is not None else [1] * len(starts)
+    shape_value = _dims_input(ctx)
+    if shape_value is not None and len(starts) == 1:
+        return dims.make(shape_value.items[slice(starts[0], ends[0], steps[0])])
     if rank is None or any(s <= 0 for s in steps):
         return ctx.call(functional.onnx_slice, ctx.input(0), starts, ends, axes, steps)
     index = [slice(None)] * rank
     for start, end, axis, step in zip(starts, ends, axes, steps):
+        # Exporters write "to the end" as INT64_MAX; torch warns about such bounds.
+        start = None if start <= -_UNBOUNDED else start
+        end = None if end >= _UNBOUNDED else end
         index[axis + rank if axis < 0 else axis] = slice(start, end, None if step == 1 else step)
     while index and index[-1] == slice(None):
         index.pop()
@@ -117,6 +146,10 @@ def slice_(ctx):
 def gather(ctx):
     axis = ctx.attr("axis", 0)
     indices = ctx.const(1)
+    shape_value = _dims_input(ctx)
+    if shape_value is not None and indices is not None and indices.dim() <= 1:
+        picked = [shape_value.items[int(i)] for i in indices.reshape(-1).tolist()]
+        return dims.make(picked, scalar=indices.dim() == 0)
     if indices is not None and indices.dim() == 0:
         return ctx.method("select", ctx.input(0), axis, int(indices))
     return ctx.call(functional.onnx_gather, ctx.input(0), ctx.input(1), axis)
@@ -147,6 +180,9 @@ def scatter_elements(ctx):
 @converter("Squeeze")
 def squeeze(ctx):
     axes = ctx.ints(1, attr="axes")
+    shape_value = _dims_input(ctx)
+    if shape_value is not None and len(shape_value.items) == 1:
+        return dims.make(shape_value.items, scalar=True)
     if axes is None and ctx.input(1) is not None:
         return ctx.call(functional.onnx_squeeze, ctx.input(0), ctx.input(1))
     if axes is None:
@@ -157,25 +193,34 @@ def squeeze(ctx):
 @converter("Unsqueeze")
 def unsqueeze(ctx):
     axes = ctx.ints(1, attr="axes")
+    shape_value = _dims_input(ctx)
+    if shape_value is not None and shape_value.scalar and axes in ([0], [-1]):
+        return dims.make(shape_value.items)
     if axes is not None and len(axes) == 1:
         return ctx.method("unsqueeze", ctx.input(0), axes[0])
     return ctx.call(functional.onnx_unsqueeze, ctx.input(0), axes if axes is not None else ctx.input(1))
 
 
+def _shape_argument(ctx, i: int):
+    """A shape input as a list of ints/int nodes when known that way, else its tensor."""
+    items = ctx.int_list(i)
+    return items if items is not None else ctx.input(i)
+
+
 @converter("Expand")
 def expand(ctx):
-    return ctx.call(functional.onnx_expand, ctx.input(0), ctx.ints(1) or ctx.input(1))
+    return ctx.call(functional.onnx_expand, ctx.input(0), _shape_argument(ctx, 1))
 
 
 @converter("Tile")
 def tile(ctx):
-    return ctx.call(functional.onnx_tile, ctx.input(0), ctx.ints(1) or ctx.input(1))
+    return ctx.call(functional.onnx_tile, ctx.input(0), _shape_argument(ctx, 1))
 
 
 @converter("ConstantOfShape")
 def constant_of_shape(ctx):
     value = ctx.attr("value", torch.zeros(1, dtype=torch.float32))
-    return ctx.call(functional.onnx_constant_of_shape, ctx.input(0), value)
+    return ctx.call(functional.onnx_constant_of_shape, _shape_argument(ctx, 0), value)
 
 
 @converter("Range")
@@ -285,3 +330,41 @@ def nonzero(ctx):
 def one_hot(ctx):
     return ctx.call(functional.onnx_one_hot, *ctx.inputs, ctx.attr("axis", -1))
 
+
+
+# Sequences: a split into a sequence, read back by position, is how the dynamo exporter
+# writes torch.chunk / torch.split / unbind.
+
+
+@converter("SplitToSequence")
+def split_to_sequence(ctx):
+    axis, keepdims = ctx.attr("axis", 0), ctx.attr("keepdims", 1)
+    if ctx.input(1) is None:
+        return ctx.call(functional.onnx_split_to_sequence, ctx.input(0), axis, None, keepdims)
+    sizes = ctx.const(1)
+    ctx.require(sizes is not None, "the SplitToSequence sizes must be constant")
+    split = int(sizes) if sizes.dim() == 0 else functional.ints(sizes)
+    return ctx.call(functional.onnx_split_to_sequence, ctx.input(0), axis, split, keepdims)
+
+
+@converter("SequenceAt")
+def sequence_at(ctx):
+    position = ctx.const(1)
+    ctx.require(position is not None, "the SequenceAt position must be constant")
+    return ctx.getitem(ctx.input(0), int(position))
+
+
+@converter("SequenceConstruct")
+def sequence_construct(ctx):
+    return list(ctx.inputs)
+
+
+@converter("SequenceLength")
+def sequence_length(ctx):
+    return ctx.call(functional.onnx_sequence_length, ctx.input(0))
+
+
+@converter("ConcatFromSequence")
+def concat_from_sequence(ctx):
+    fn = torch.stack if ctx.attr("new_axis", 0) else torch.cat
+    return ctx.call(fn, ctx.input(0), ctx.attr("axis"))
