@@ -32,9 +32,14 @@ def unary(ctx):
     return leaf(ctx, cls())
 
 
-@converter("Relu")
-def relu(ctx):
-    return leaf(ctx, nn.ReLU())
+# Ops whose torch module takes no arguments.
+_PLAIN = {"Relu": nn.ReLU, "Sigmoid": nn.Sigmoid, "Tanh": nn.Tanh, "Softplus": nn.Softplus,
+          "Softsign": nn.Softsign, "Mish": nn.Mish, "HardSwish": nn.Hardswish}
+
+
+@converter(*_PLAIN)
+def plain(ctx):
+    return leaf(ctx, _PLAIN[ctx.op_type]())
 
 
 @converter("LeakyRelu")
@@ -58,36 +63,6 @@ def selu(ctx):
     if math.isclose(alpha, _SELU_ALPHA, rel_tol=1e-6) and math.isclose(gamma, _SELU_GAMMA, rel_tol=1e-6):
         return leaf(ctx, nn.SELU())
     return leaf(ctx, modules.Selu(alpha, gamma))
-
-
-@converter("Sigmoid")
-def sigmoid(ctx):
-    return leaf(ctx, nn.Sigmoid())
-
-
-@converter("Tanh")
-def tanh(ctx):
-    return leaf(ctx, nn.Tanh())
-
-
-@converter("Softplus")
-def softplus(ctx):
-    return leaf(ctx, nn.Softplus())
-
-
-@converter("Softsign")
-def softsign(ctx):
-    return leaf(ctx, nn.Softsign())
-
-
-@converter("Mish")
-def mish(ctx):
-    return leaf(ctx, nn.Mish())
-
-
-@converter("HardSwish")
-def hard_swish(ctx):
-    return leaf(ctx, nn.Hardswish())
 
 
 @converter("Gelu")
