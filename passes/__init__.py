@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import onnx
 import onnx_graphsurgeon as gs
 
+from .activations import decompose_activations, fuse_activations
 from .base import GraphPass, PassOptions, PassResult
 from .batch import make_batch_dynamic
 from .cleanup import drop_identities, remove_dead_nodes
+from .functions import attach_functions
 
 # The one list of passes, in the order they run.
 PIPELINE: list[GraphPass] = [
     remove_dead_nodes,
     drop_identities,
     make_batch_dynamic,
+    fuse_activations,
+    decompose_activations,
 ]
 
 
@@ -22,6 +28,10 @@ def run_passes(model: onnx.ModelProto, options: PassOptions | None = None,
     """Run ``pipeline`` (default :data:`PIPELINE`) over ``model``; return the new model and each
     pass's result."""
     options = options or PassOptions()
+    # Recorded types let passes tell float data from integer shape arithmetic.
+    # Without them passes treat unknown types as float, and verification has the last word.
+    with contextlib.suppress(onnx.shape_inference.InferenceError, RuntimeError):
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     graph = gs.import_onnx(model)
     results = []
     for graph_pass in pipeline if pipeline is not None else PIPELINE:
@@ -32,6 +42,7 @@ def run_passes(model: onnx.ModelProto, options: PassOptions | None = None,
     del out.metadata_props[:]
     out.metadata_props.extend(model.metadata_props)
     out.producer_name = model.producer_name
+    attach_functions(out)
     return out, results
 
 

@@ -5,19 +5,32 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from .base import PassOptions, PassResult
+from .graph import const_value, producer
+
+_NEUTRAL = {"Mul": 1.0, "Div": 1.0, "Add": 0.0, "Sub": 0.0}
 
 
 def _passes_through(node: gs.Node) -> bool:
     if node.op == "Identity":
         return True
-    # Dropout at inference returns its input; only its mask output would need the node.
-    return node.op == "Dropout" and (len(node.outputs) < 2 or not node.outputs[1].outputs)
+    if node.op == "Dropout":
+        # At inference it returns its input; only its mask output would need the node.
+        return len(node.outputs) < 2 or not node.outputs[1].outputs
+    if node.op in _NEUTRAL and len(node.inputs) == 2:
+        # x * 1, x / 1, x + 0, x - 0 with a scalar (exporters write F.elu's scales so).
+        value = const_value(node.inputs[1])
+        return value is not None and value.ndim == 0 and float(value) == _NEUTRAL[node.op] \
+            and const_value(node.inputs[0]) is None
+    return False
 
 
 def drop_identities(graph: gs.Graph, options: PassOptions) -> PassResult:
-    """Remove Identity and mask-less Dropout nodes, wiring their readers to their input.
+    """Remove nodes that return their input: Identity, mask-less Dropout, and scalings by one
+    or shifts by zero; their readers read the input instead.
 
-    A node that writes a graph output stays, so the output keeps its name.
+    A node that writes a graph output stays, so the output keeps its name. When the node
+    was named after the torch op and its input's producer carries that name plus a suffix,
+    the producer takes the plain name (``elu_elu`` becomes ``elu``).
     """
     result = PassResult("drop_identities")
     for node in list(graph.nodes):
@@ -32,6 +45,9 @@ def drop_identities(graph: gs.Graph, options: PassOptions) -> PassResult:
         node.outputs.clear()
         graph.nodes.remove(node)
         result.removed.append(node.name)
+        upstream = producer(source)
+        if upstream is not None and upstream.name.startswith(node.name + "_") and len(source.outputs) == 1:
+            upstream.name = node.name
     return result
 
 

@@ -5,6 +5,7 @@
     explainable = rewrite("model.onnx")      # or any ONNX file
 """
 
+from . import explainers
 from .api import RewriteReport, rewrite
 from .errors import (
     ConversionError,
@@ -15,11 +16,15 @@ from .errors import (
     UnsupportedOpError,
     VerificationError,
 )
+from .result import ExplainableModule
 
 __version__ = "0.1.0"
 
+explainers.install()
+
 __all__ = [
     "ConversionError",
+    "ExplainableModule",
     "ExportError",
     "InputError",
     "OutputError",

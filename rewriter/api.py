@@ -15,9 +15,10 @@ from passes import PassOptions, PassResult, run_passes
 
 from .errors import InputError
 from .export import export_module
-from .importer import ONNX_TO_TORCH_DTYPE, import_onnx
+from .importer import import_onnx
 from .load import normalize, parse_onnx, read_onnx
 from .naming import sanitize
+from .onnx_values import ONNX_TO_TORCH_DTYPE
 from .verify import Tolerance, onnx_runner, torch_runner, verify
 
 ModelSource = nn.Module | onnx.ModelProto | str | os.PathLike | bytes

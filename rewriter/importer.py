@@ -13,38 +13,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import onnx
 import torch
 import torch.fx as fx
-from onnx import numpy_helper
 from torch import nn
 
 from . import functional
+from .converters import CONVERTERS, STANDARD_DOMAINS, op_key
 from .dims import Dims, items_of
 from .errors import ConversionError, UnsupportedOpError
 from .modules import is_linear_layer
 from .naming import sanitize
+from .onnx_values import ONNX_TO_TORCH_DTYPE, attribute_value, tensor_from_proto
+from .result import ExplainableModule
 
 # fx.Node: computed at run time; Tensor: known now; Dims: a shape known element by element;
 # list: an ONNX sequence.
 Value = fx.Node | torch.Tensor | Dims | list | None
-
-ONNX_TO_TORCH_DTYPE: dict[int, torch.dtype] = {
-    onnx.TensorProto.FLOAT: torch.float32,
-    onnx.TensorProto.DOUBLE: torch.float64,
-    onnx.TensorProto.FLOAT16: torch.float16,
-    onnx.TensorProto.BFLOAT16: torch.bfloat16,
-    onnx.TensorProto.INT8: torch.int8,
-    onnx.TensorProto.UINT8: torch.uint8,
-    onnx.TensorProto.INT16: torch.int16,
-    onnx.TensorProto.INT32: torch.int32,
-    onnx.TensorProto.INT64: torch.int64,
-    onnx.TensorProto.BOOL: torch.bool,
-}
-
-_STANDARD_DOMAINS = ("", "ai.onnx")
-
 
 @dataclass(frozen=True)
 class TensorInfo:
@@ -85,32 +70,6 @@ def _info_from_type(tp: onnx.TypeProto) -> TensorInfo:
     return TensorInfo(dtype, tuple(dims))
 
 
-def tensor_from_proto(proto: onnx.TensorProto) -> torch.Tensor:
-    array = numpy_helper.to_array(proto)
-    if proto.data_type == onnx.TensorProto.BFLOAT16:
-        return torch.from_numpy(np.ascontiguousarray(array).astype(np.float32)).to(torch.bfloat16)
-    return torch.from_numpy(np.array(array, copy=True))
-
-
-def _attribute_value(attr: onnx.AttributeProto) -> Any:
-    kind = attr.type
-    if kind == onnx.AttributeProto.FLOAT:
-        return float(attr.f)
-    if kind == onnx.AttributeProto.INT:
-        return int(attr.i)
-    if kind == onnx.AttributeProto.STRING:
-        return attr.s.decode("utf-8", errors="replace")
-    if kind == onnx.AttributeProto.FLOATS:
-        return [float(v) for v in attr.floats]
-    if kind == onnx.AttributeProto.INTS:
-        return [int(v) for v in attr.ints]
-    if kind == onnx.AttributeProto.STRINGS:
-        return [s.decode("utf-8", errors="replace") for s in attr.strings]
-    if kind == onnx.AttributeProto.TENSOR:
-        return tensor_from_proto(attr.t)
-    return attr  # graphs and sparse tensors: converters that accept them say so
-
-
 class NodeContext:
     """What a converter sees of one ONNX node, and how it emits torch code for it."""
 
@@ -119,6 +78,7 @@ class NodeContext:
         self.node = node
         self.name = node.name
         self.op_type = node.op_type
+        self.key = op_key(node.domain, node.op_type)  # what the converter was registered as
         self.raw: list[Value] = [importer.value(n) if n else None for n in node.input]
         self._attrs = {a.name: a for a in node.attribute}
 
@@ -129,7 +89,7 @@ class NodeContext:
         return self._importer.opset
 
     def attr(self, name: str, default: Any = None) -> Any:
-        return _attribute_value(self._attrs[name]) if name in self._attrs else default
+        return attribute_value(self._attrs[name]) if name in self._attrs else default
 
     def has_attr(self, name: str) -> bool:
         return name in self._attrs
@@ -222,7 +182,7 @@ class Importer:
 
     def __init__(self, model: onnx.ModelProto) -> None:
         self.model = model
-        self.opset = next((o.version for o in model.opset_import if o.domain in _STANDARD_DOMAINS), 1)
+        self.opset = next((o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS), 1)
         self.root = nn.Module()
         self.graph = fx.Graph()
         self.values: dict[str, Value] = {}
@@ -305,8 +265,6 @@ class Importer:
     # -- the import -----------------------------------------------------------------
 
     def run(self, class_name: str) -> fx.GraphModule:
-        from .converters import CONVERTERS
-
         graph = self.model.graph
         self._check_supported(CONVERTERS)
         for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
@@ -322,14 +280,14 @@ class Importer:
                 continue
             self.set_value(inp.name, self.graph.placeholder(self._unique_attr(sanitize(inp.name))))
         for node in graph.node:
-            self._convert(node, CONVERTERS[node.op_type])
+            self._convert(node, CONVERTERS[op_key(node.domain, node.op_type)])
         results = [self.materialize(self.values[o.name]) for o in graph.output]
         self.graph.output(results[0] if len(results) == 1 else tuple(results))
         self._isolate_module_inputs()
         draft = fx.GraphModule(self.root, self.graph, class_name)
         draft.graph.eliminate_dead_code()
         # Built again from the pruned graph, so only what is still used is kept.
-        module = fx.GraphModule(draft, draft.graph, class_name)
+        module = ExplainableModule(draft, draft.graph, class_name)
         module.eval()
         return module
 
@@ -356,10 +314,9 @@ class Importer:
     def _check_supported(self, converters: dict) -> None:
         missing: dict[str, str] = {}
         for node in self.model.graph.node:
-            if node.domain not in _STANDARD_DOMAINS:
-                missing.setdefault(f"{node.domain}.{node.op_type}", node.name)
-            elif node.op_type not in converters:
-                missing.setdefault(node.op_type, node.name)
+            key = op_key(node.domain, node.op_type)
+            if key not in converters:
+                missing.setdefault(key, node.name)
         if missing:
             raise UnsupportedOpError(missing)
 
@@ -397,6 +354,6 @@ def _contains_node(value: Any) -> bool:
     return False
 
 
-def import_onnx(model: onnx.ModelProto, class_name: str = "ExplainableModel") -> fx.GraphModule:
+def import_onnx(model: onnx.ModelProto, class_name: str = "ExplainableModel") -> ExplainableModule:
     """Translate a shape-inferred ONNX model into an equivalent ``torch.fx.GraphModule``."""
     return Importer(model).run(sanitize(class_name) if not class_name.isidentifier() else class_name)

@@ -141,3 +141,13 @@ class PRelu(Elementwise):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.where(x >= 0, x, x * self.weight)
+
+
+def elementwise_classes() -> list[type[Elementwise]]:
+    """Every elementwise module class defined here (the rescale rule is exact for each)."""
+    found, pending = [], [Elementwise]
+    while pending:
+        for cls in pending.pop().__subclasses__():
+            found.append(cls)
+            pending.append(cls)
+    return found

@@ -43,7 +43,7 @@ class _Source:
         self.path, self.op, self.leaf, self.main = path, op, leaf, main
 
 
-def _from_dynamo(node: onnx.NodeProto) -> _Source | None:
+def _from_dynamo(node: onnx.NodeProto, has_exact_output: set[str]) -> _Source | None:
     meta = {p.key: p.value for p in node.metadata_props}
     if _NAME_SCOPES not in meta:
         return None
@@ -58,11 +58,19 @@ def _from_dynamo(node: onnx.NodeProto) -> _Source | None:
         return None
     fx_name = scopes[-1]
     leaf = len(classes) >= 2 and bool(_TORCH_LEAF.match(classes[-2]))
-    # ONNX values keep the names of the torch.fx nodes they compute; an op whose fx node
-    # returns a tuple (batch norm) writes a differently named value, but is no helper.
-    main = (bool(node.output) and node.output[0] == fx_name) or node.op_type not in _HELPER_OPS
-    op = re.sub(r"_\d+$", "", fx_name) if main else node.op_type
-    return _Source(scopes[-2], op, leaf, main)
+    base = re.sub(r"_\d+$", "", fx_name)
+    # ONNX values keep the names of the torch.fx nodes they compute: the node writing that
+    # value is the op itself, the others help it. An op whose fx node returns a tuple
+    # (batch norm) writes no such value; then any node that is not a helper op is the op.
+    if fx_name in has_exact_output:
+        main = bool(node.output) and node.output[0] == fx_name
+    else:
+        main = node.op_type not in _HELPER_OPS
+    return _Source(scopes[-2], base if main else f"{base}_{node.op_type}", leaf, main)
+
+
+def _fx_names_written(graph: onnx.GraphProto) -> set[str]:
+    return {o for node in graph.node for o in node.output[:1]}
 
 
 def _from_torchscript(node: onnx.NodeProto) -> _Source | None:
@@ -85,8 +93,9 @@ def _from_torchscript(node: onnx.NodeProto) -> _Source | None:
     return _Source(path, op, op.lower() == node.op_type.lower(), True)
 
 
-def _source(node: onnx.NodeProto) -> _Source:
-    return _from_dynamo(node) or _from_torchscript(node) or _Source("", node.name or node.op_type, False, True)
+def _source(node: onnx.NodeProto, written: set[str]) -> _Source:
+    return (_from_dynamo(node, written) or _from_torchscript(node)
+            or _Source("", node.name or node.op_type, False, True))
 
 
 def assign_unique_names(graph: onnx.GraphProto) -> None:
@@ -98,7 +107,8 @@ def assign_unique_names(graph: onnx.GraphProto) -> None:
     named by its container's path plus the op. Helper nodes an exporter adds around an op
     append their ONNX op type.
     """
-    sources = [_source(node) for node in graph.node]
+    written = _fx_names_written(graph)
+    sources = [_source(node, written) for node in graph.node]
     ops_per_path: dict[str, set[str]] = {}
     for src in sources:
         if src.leaf and src.main:

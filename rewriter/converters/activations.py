@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import nn
+
+from passes.graph import DOMAIN
 
 from .. import modules
 from . import converter
@@ -32,14 +35,16 @@ def unary(ctx):
     return leaf(ctx, cls())
 
 
-# Ops whose torch module takes no arguments.
+# Ops whose torch module takes no arguments, including the activations the passes fuse.
 _PLAIN = {"Relu": nn.ReLU, "Sigmoid": nn.Sigmoid, "Tanh": nn.Tanh, "Softplus": nn.Softplus,
-          "Softsign": nn.Softsign, "Mish": nn.Mish, "HardSwish": nn.Hardswish}
+          "Softsign": nn.Softsign, "Mish": nn.Mish, "HardSwish": nn.Hardswish,
+          f"{DOMAIN}.Silu": nn.SiLU, f"{DOMAIN}.Mish": nn.Mish, f"{DOMAIN}.HardSwish": nn.Hardswish,
+          f"{DOMAIN}.GeluErf": nn.GELU, f"{DOMAIN}.GeluTanh": functools.partial(nn.GELU, approximate="tanh")}
 
 
 @converter(*_PLAIN)
 def plain(ctx):
-    return leaf(ctx, _PLAIN[ctx.op_type]())
+    return leaf(ctx, _PLAIN[ctx.key]())
 
 
 @converter("LeakyRelu")

@@ -10,7 +10,7 @@ from torch import nn
 
 from .. import dims, functional, modules
 from ..dims import Dims
-from ..importer import ONNX_TO_TORCH_DTYPE
+from ..onnx_values import ONNX_TO_TORCH_DTYPE
 from . import converter
 
 

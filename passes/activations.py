@@ -1,0 +1,363 @@
+"""Activation passes: fuse activations that exporters split into pieces, and decompose the
+ones explainers do not know into pieces they do.
+
+Why both directions are exact (see DESIGN.md): DeepLIFT's rescale rule ``m = Δy/Δx`` is
+exact for any elementwise function, but explainers apply it only to module classes they
+know. A split activation (GELU as Div/Erf/Add/Mul/Mul, SiLU as Sigmoid·Mul) leaves a
+product of two tensors that both depend on ``x``, which no rescale rule covers: fused back
+into one node it becomes one module. Conversely SELU, CELU, the clip family, PReLU and Abs
+are sums of scaled ReLUs/ELUs of affine maps of ``x``; written that way every piece has a
+rule both SHAP and Captum ship, and the sum of the pieces' rescaled contributions equals
+the rescale rule of the whole.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .base import PassOptions, PassResult, unique_node_name
+from .graph import (
+    DOMAIN,
+    Builder,
+    const_value,
+    float_dtype,
+    is_const,
+    only_consumer,
+    other_input,
+    producer,
+    replace_output,
+    scalar_value,
+)
+
+# -- matching ----------------------------------------------------------------------------
+
+
+def _consumer(tensor: gs.Tensor, op: str) -> gs.Node | None:
+    node = only_consumer(tensor)
+    return node if node is not None and node.op == op else None
+
+
+def _times_x(tensor: gs.Tensor, x: gs.Tensor) -> list[gs.Node] | None:
+    """The Mul that multiplies ``tensor`` by ``x``, as ``[mul]``."""
+    mul = _consumer(tensor, "Mul")
+    return [mul] if mul is not None and other_input(mul, tensor) is x else None
+
+
+def _half_x_times(tensor: gs.Tensor, x: gs.Tensor) -> list[gs.Node] | None:
+    """The nodes computing ``0.5 * x * tensor`` in any association, ending with the result."""
+    first = _consumer(tensor, "Mul")
+    if first is None:
+        return None
+    factor = other_input(first, tensor)
+    if factor is x or is_const(factor, 0.5):
+        second = _consumer(first.outputs[0], "Mul")
+        if second is None:
+            return None
+        rest = other_input(second, first.outputs[0])
+        if (factor is x and is_const(rest, 0.5)) or (factor is not x and rest is x):
+            return [first, second]
+        return None
+    half = producer(factor)
+    if half is not None and half.op == "Mul" and x in half.inputs and is_const(other_input(half, x), 0.5):
+        return [half, first]
+    return None
+
+
+def _divided_by_root2(tensor: gs.Tensor) -> gs.Tensor | None:
+    """``x`` when ``tensor`` is ``x / sqrt(2)`` or ``x * (1 / sqrt(2))``."""
+    node = producer(tensor)
+    if node is None:
+        return None
+    if node.op == "Div" and is_const(node.inputs[1], math.sqrt(2.0)):
+        return node.inputs[0]
+    if node.op == "Mul":
+        for x, c in ((node.inputs[0], node.inputs[1]), (node.inputs[1], node.inputs[0])):
+            if is_const(c, 1 / math.sqrt(2.0)):
+                return x
+    return None
+
+
+def _split_mul(node: gs.Node | None, value: float) -> gs.Tensor | None:
+    """For ``node = t * value`` (either order), ``t``."""
+    if node is None or node.op != "Mul":
+        return None
+    for t, c in ((node.inputs[0], node.inputs[1]), (node.inputs[1], node.inputs[0])):
+        if is_const(c, value, rtol=1e-4):
+            return t
+    return None
+
+
+def _is_cube_of(tensor: gs.Tensor, x: gs.Tensor) -> bool:
+    node = producer(tensor)
+    if node is None:
+        return False
+    if node.op == "Pow":
+        return node.inputs[0] is x and is_const(node.inputs[1], 3.0)
+    if node.op == "Mul":
+        a, b = node.inputs
+        for square, single in ((a, b), (b, a)):
+            sq = producer(square)
+            if single is x and sq is not None and sq.op == "Mul" and list(sq.inputs) == [x, x]:
+                return True
+    return False
+
+
+Match = tuple[gs.Tensor, str, dict, list[gs.Node]]  # (x, fused op, attrs, pattern nodes, last = output)
+
+
+def _match_silu(node: gs.Node) -> Match | None:
+    if node.op != "Sigmoid":
+        return None
+    x = node.inputs[0]
+    tail = _times_x(node.outputs[0], x)
+    return (x, "Silu", {}, [node, *tail]) if tail else None
+
+
+def _match_hardswish(node: gs.Node) -> Match | None:
+    if node.op != "HardSigmoid" or not math.isclose(node.attrs.get("alpha", 0.2), 1 / 6, rel_tol=1e-5) \
+            or not math.isclose(node.attrs.get("beta", 0.5), 0.5):
+        return None
+    x = node.inputs[0]
+    tail = _times_x(node.outputs[0], x)
+    return (x, "HardSwish", {}, [node, *tail]) if tail else None
+
+
+def _match_mish(node: gs.Node) -> Match | None:
+    if node.op != "Tanh":
+        return None
+    softplus = producer(node.inputs[0])
+    if softplus is None or softplus.op != "Softplus" or only_consumer(softplus.outputs[0]) is not node:
+        return None
+    x = softplus.inputs[0]
+    tail = _times_x(node.outputs[0], x)
+    return (x, "Mish", {}, [softplus, node, *tail]) if tail else None
+
+
+def _match_gelu_erf(node: gs.Node) -> Match | None:
+    if node.op != "Erf":
+        return None
+    x = _divided_by_root2(node.inputs[0])
+    add = _consumer(node.outputs[0], "Add")
+    if x is None or add is None or not is_const(other_input(add, node.outputs[0]), 1.0):
+        return None
+    tail = _half_x_times(add.outputs[0], x)
+    return (x, "GeluErf", {}, [producer(node.inputs[0]), node, add, *tail]) if tail else None
+
+
+def _match_gelu_tanh(node: gs.Node) -> Match | None:
+    if node.op != "Tanh":
+        return None
+    scaled = producer(node.inputs[0])
+    inner = _split_mul(scaled, math.sqrt(2.0 / math.pi))
+    add_inner = producer(inner) if inner is not None else None
+    if add_inner is None or add_inner.op != "Add":
+        return None
+    for x, term in ((add_inner.inputs[0], add_inner.inputs[1]), (add_inner.inputs[1], add_inner.inputs[0])):
+        cube = _split_mul(producer(term), 0.044715)
+        if cube is not None and _is_cube_of(cube, x):
+            break
+    else:
+        return None
+    add = _consumer(node.outputs[0], "Add")
+    if add is None or not is_const(other_input(add, node.outputs[0]), 1.0):
+        return None
+    tail = _half_x_times(add.outputs[0], x)
+    return (x, "GeluTanh", {}, [scaled, node, add, *tail]) if tail else None
+
+
+def _match_softplus_log(node: gs.Node) -> Match | None:
+    """``log(1 + exp(x))``."""
+    if node.op != "Exp":
+        return None
+    add = _consumer(node.outputs[0], "Add")
+    if add is None or not is_const(other_input(add, node.outputs[0]), 1.0):
+        return None
+    log = _consumer(add.outputs[0], "Log")
+    return (node.inputs[0], "Softplus", {}, [node, add, log]) if log else None
+
+
+def _match_softplus_threshold(node: gs.Node) -> Match | None:
+    """torch's softplus as the dynamo exporter writes it at beta 1:
+    ``where(x*1 > threshold, x, softplus(x*1) / 1)`` (the branches agree to float precision)."""
+    if node.op != "Softplus":
+        return None
+    scale = producer(node.inputs[0])
+    x = _split_mul(scale, 1.0)
+    div = _consumer(node.outputs[0], "Div")
+    if x is None or div is None or not is_const(div.inputs[1], 1.0):
+        return None
+    where = _consumer(div.outputs[0], "Where")
+    if where is None or where.inputs[1] is not x or where.inputs[2] is not div.outputs[0]:
+        return None
+    greater = producer(where.inputs[0])
+    if greater is None or greater.op != "Greater" or greater.inputs[0] is not node.inputs[0]:
+        return None
+    return (x, "Softplus", {}, [scale, node, div, greater, where])
+
+
+def _match_softsign(node: gs.Node) -> Match | None:
+    """``x / (1 + |x|)``."""
+    if node.op != "Abs":
+        return None
+    x = node.inputs[0]
+    add = _consumer(node.outputs[0], "Add")
+    if add is None or not is_const(other_input(add, node.outputs[0]), 1.0):
+        return None
+    div = _consumer(add.outputs[0], "Div")
+    if div is None or div.inputs[0] is not x or div.inputs[1] is not add.outputs[0]:
+        return None
+    return (x, "Softsign", {}, [node, add, div])
+
+
+# Softplus first: Mish is matched on top of a fused Softplus.
+_FUSIONS: list[Callable[[gs.Node], Match | None]] = [
+    _match_softplus_log, _match_softplus_threshold, _match_softsign, _match_silu, _match_hardswish,
+    _match_mish, _match_gelu_erf, _match_gelu_tanh]
+
+# Fused ops with a standard ONNX op at every opset the tool reads; the rest are functions.
+_STANDARD = {"Softplus", "Softsign"}
+
+
+def _fused_name(nodes: list[gs.Node]) -> str:
+    """The pattern's own name: the last node's, when the exporter named it after the torch
+    op; otherwise the name all pattern nodes share (their module's path)."""
+    last = nodes[-1]
+    if not last.name.split("_")[-1].isdigit() and not last.name.lower().endswith(last.op.lower()):
+        return last.name
+    tokens = [n.name.split("_") for n in nodes]
+    shared = []
+    for column in zip(*tokens):
+        if len(set(column)) != 1:
+            break
+        shared.append(column[0])
+    return "_".join(shared) if shared else last.name
+
+
+def fuse_activations(graph: gs.Graph, options: PassOptions) -> PassResult:
+    """Replace split activations (GELU, SiLU, Mish, HardSwish, Softplus, Softsign) by one node."""
+    result = PassResult("fuse_activations")
+    for fuse in _FUSIONS:
+        for node in list(graph.nodes):
+            match = fuse(node) if node in graph.nodes else None
+            if match is None:
+                continue
+            x, op, attrs, pattern = match
+            name = _fused_name(pattern)
+            fused = gs.Node(op, f"{name}__fusing", attrs, [x], [replace_output(pattern[-1])],
+                            domain=None if op in _STANDARD else DOMAIN)
+            graph.nodes.append(fused)
+            before = {n.name for n in graph.nodes}
+            graph.cleanup()  # the pattern's nodes go, unless something else reads them
+            result.removed.extend(sorted(before - {n.name for n in graph.nodes}))
+            # Named only now, so it can take the name of the pattern node it replaces.
+            fused.name = unique_node_name(graph, name)
+            result.added.append(fused.name)
+    return result
+
+
+# -- decomposition -----------------------------------------------------------------------
+
+
+def _relu_of_shift(b: Builder, x: gs.Tensor, shift: float, suffix: str) -> gs.Tensor:
+    """``Relu(x - shift)``, without the Sub when ``shift`` is 0."""
+    if shift != 0.0:
+        x = b.node("Sub", [x, b.const(shift, f"{suffix}_shift")], f"{suffix}_sub")
+    return b.node("Relu", [x], suffix)
+
+
+def _clip(b: Builder, x: gs.Tensor, lo: float | None, hi: float | None, out: gs.Variable) -> None:
+    """``clip(x, lo, hi) = lo + Relu(x - lo) - Relu(x - hi)``; one ReLU when one-sided."""
+    if lo is not None and hi is not None:
+        inside = [_relu_of_shift(b, x, lo, "relu_lo"), _relu_of_shift(b, x, hi, "relu_hi")]
+        if lo == 0.0:
+            b.node("Sub", inside, "sub", output=out)
+        else:
+            b.node("Add", [b.node("Sub", inside, "sub"), b.const(lo, "lo")], "add_lo", output=out)
+    elif lo == 0.0:
+        b.node("Relu", [x], "relu_lo", output=out)
+    elif lo is not None:
+        b.node("Add", [_relu_of_shift(b, x, lo, "relu_lo"), b.const(lo, "lo")], "add_lo", output=out)
+    else:
+        b.node("Sub", [x, _relu_of_shift(b, x, hi, "relu_hi")], "sub_hi", output=out)
+
+
+def _clip_bounds(node: gs.Node) -> tuple[float | None, float | None] | None:
+    if "min" in node.attrs or "max" in node.attrs:  # opset < 11
+        return node.attrs.get("min"), node.attrs.get("max")
+    bounds = []
+    for i in (1, 2):
+        tensor = node.inputs[i] if len(node.inputs) > i else None
+        if tensor is None or (isinstance(tensor, gs.Variable) and not tensor.name):
+            bounds.append(None)
+            continue
+        value = scalar_value(tensor)
+        if value is None:
+            return None  # a bound computed at run time: leave the Clip alone
+        bounds.append(value)
+    return bounds[0], bounds[1]
+
+
+def _decompose(graph: gs.Graph, node: gs.Node) -> list[str] | None:
+    """Rewrite one node in place; the names of the added nodes, or None to leave it."""
+    if node.op not in _DECOMPOSED or not node.inputs or not _is_float(node.inputs[0]):
+        return None
+    x = node.inputs[0]
+    b = Builder(graph, node.name, float_dtype(x))
+    if node.op == "Selu":
+        alpha = node.attrs.get("alpha", 1.6732632423543772)
+        gamma = node.attrs.get("gamma", 1.0507009873554805)
+        elu = b.node("Elu", [x], "elu", {"alpha": float(alpha)})
+        b.node("Mul", [elu, b.const(gamma, "gamma")], "scale", output=replace_output(node))
+    elif node.op == "Celu":
+        alpha = float(node.attrs.get("alpha", 1.0))
+        shrunk = b.node("Mul", [x, b.const(1.0 / alpha, "inv_alpha")], "shrink")
+        elu = b.node("Elu", [shrunk], "elu", {"alpha": 1.0})
+        b.node("Mul", [elu, b.const(alpha, "alpha")], "scale", output=replace_output(node))
+    elif node.op == "Clip":
+        bounds = _clip_bounds(node)
+        if bounds is None or bounds == (None, None):
+            return None
+        _clip(b, x, bounds[0], bounds[1], replace_output(node))
+    elif node.op == "HardSigmoid":
+        alpha, beta = float(node.attrs.get("alpha", 0.2)), float(node.attrs.get("beta", 0.5))
+        affine = b.node("Add", [b.node("Mul", [x, b.const(alpha, "alpha")], "scale"), b.const(beta, "beta")], "shift")
+        _clip(b, affine, 0.0, 1.0, replace_output(node))
+    elif node.op == "PRelu":
+        slope = const_value(node.inputs[1])
+        if slope is None:
+            return None
+        negative = b.node("Relu", [b.node("Neg", [x], "neg")], "relu_neg")
+        scaled = b.node("Mul", [negative, b.const(slope, "slope")], "slope_mul")
+        b.node("Sub", [b.node("Relu", [x], "relu_pos"), scaled], "sub", output=replace_output(node))
+    elif node.op == "Abs":
+        negative = b.node("Relu", [b.node("Neg", [x], "neg")], "relu_neg")
+        b.node("Add", [b.node("Relu", [x], "relu_pos"), negative], "add", output=replace_output(node))
+    return b.added
+
+
+_DECOMPOSED = {"Selu", "Celu", "Clip", "HardSigmoid", "PRelu", "Abs"}
+
+
+def _is_float(tensor: gs.Tensor) -> bool:
+    """False only when the tensor is known to hold integers (shape arithmetic)."""
+    dtype = getattr(tensor, "dtype", None)
+    try:
+        return dtype is None or np.dtype(dtype).kind == "f"
+    except TypeError:
+        return True
+
+
+def decompose_activations(graph: gs.Graph, options: PassOptions) -> PassResult:
+    """Write SELU, CELU, Clip (ReLU6, Hardtanh), HardSigmoid, PReLU and Abs with ReLU/ELU."""
+    result = PassResult("decompose_activations")
+    for node in list(graph.nodes):
+        added = _decompose(graph, node)
+        if added is not None:
+            result.removed.append(node.name)
+            result.added.extend(added)
+    graph.cleanup()
+    return result

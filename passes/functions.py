@@ -1,0 +1,61 @@
+"""Bodies of the fused ops in the ``shaprewrite`` domain, as ONNX model-local functions.
+
+A fused activation stays a valid ONNX node: shape inference and onnxruntime see through
+the function body, and the importer maps the node to one torch module.
+"""
+
+from __future__ import annotations
+
+import math
+
+import onnx
+from onnx import helper
+
+from .graph import DOMAIN
+
+
+def _scalar(name: str, value: float, like: str) -> list[onnx.NodeProto]:
+    """A float constant cast to the type of ``like``."""
+    return [helper.make_node("Constant", [], [f"{name}_f"], value_float=value),
+            helper.make_node("CastLike", [f"{name}_f", like], [name])]
+
+
+def _gelu_tail(inner: str) -> list[onnx.NodeProto]:
+    """``0.5 * X * (1 + inner)``."""
+    return [*_scalar("one", 1.0, "X"), *_scalar("half", 0.5, "X"),
+            helper.make_node("Add", [inner, "one"], ["gate"]),
+            helper.make_node("Mul", ["X", "half"], ["half_x"]),
+            helper.make_node("Mul", ["half_x", "gate"], ["Y"])]
+
+
+BODIES: dict[str, list[onnx.NodeProto]] = {
+    "Silu": [helper.make_node("Sigmoid", ["X"], ["s"]), helper.make_node("Mul", ["X", "s"], ["Y"])],
+    "Mish": [helper.make_node("Softplus", ["X"], ["sp"]), helper.make_node("Tanh", ["sp"], ["t"]),
+             helper.make_node("Mul", ["X", "t"], ["Y"])],
+    "HardSwish": [helper.make_node("HardSigmoid", ["X"], ["h"], alpha=1 / 6, beta=0.5),
+                  helper.make_node("Mul", ["X", "h"], ["Y"])],
+    "GeluErf": [*_scalar("root2", math.sqrt(2.0), "X"), helper.make_node("Div", ["X", "root2"], ["u"]),
+                helper.make_node("Erf", ["u"], ["e"]), *_gelu_tail("e")],
+    "GeluTanh": [*_scalar("c", math.sqrt(2.0 / math.pi), "X"), *_scalar("k", 0.044715, "X"),
+                 *_scalar("three", 3.0, "X"), helper.make_node("Pow", ["X", "three"], ["cube"]),
+                 helper.make_node("Mul", ["cube", "k"], ["kc"]), helper.make_node("Add", ["X", "kc"], ["inner"]),
+                 helper.make_node("Mul", ["inner", "c"], ["scaled"]), helper.make_node("Tanh", ["scaled"], ["t"]),
+                 *_gelu_tail("t")],
+}
+
+
+def function_proto(name: str, opset: int) -> onnx.FunctionProto:
+    return helper.make_function(DOMAIN, name, ["X"], ["Y"], BODIES[name],
+                                opset_imports=[helper.make_opsetid("", opset)])
+
+
+def attach_functions(model: onnx.ModelProto) -> None:
+    """Add the function bodies (and the domain import) for every fused op the graph uses."""
+    used = sorted({n.op_type for n in model.graph.node if n.domain == DOMAIN})
+    if not used:
+        return
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    present = {(f.domain, f.name) for f in model.functions}
+    model.functions.extend(function_proto(name, opset) for name in used if (DOMAIN, name) not in present)
+    if not any(o.domain == DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(DOMAIN, 1))

@@ -1,0 +1,139 @@
+"""Small helpers for reading and editing onnx-graphsurgeon graphs, shared by the passes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .base import unique_node_name
+
+# Fused ops that ONNX has no standard op for (or not at every opset) live in this domain,
+# each as a model-local function (see passes/functions.py).
+DOMAIN = "shaprewrite"
+
+
+def producer(tensor: gs.Tensor) -> gs.Node | None:
+    return tensor.inputs[0] if tensor.inputs else None
+
+
+def const_value(tensor: gs.Tensor) -> np.ndarray | None:
+    """The value of a tensor fixed at export time: an initializer, a Constant node's output,
+    or a Cast/CastLike/Identity of one."""
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    node = producer(tensor)
+    if node is None:
+        return None
+    if node.op == "Constant":
+        value = node.attrs.get("value")
+        if isinstance(value, gs.Constant):
+            return np.asarray(value.values)
+        for key in ("value_float", "value_int", "value_floats", "value_ints"):
+            if key in node.attrs:
+                return np.asarray(node.attrs[key])
+        return None
+    if node.op in ("Cast", "CastLike", "Identity") and node.inputs:
+        return const_value(node.inputs[0])
+    if node.op in _RESHAPES:
+        return _reshaped_constant(node)
+    return None
+
+
+_RESHAPES = {"Reshape", "Unsqueeze", "Squeeze", "Flatten"}
+
+
+def _reshaped_constant(node: gs.Node) -> np.ndarray | None:
+    """A constant only reshaped (how exporters shape a PReLU slope or a bias to broadcast)."""
+    data = const_value(node.inputs[0])
+    if data is None:
+        return None
+    if node.op == "Flatten":
+        axis = node.attrs.get("axis", 1)
+        return data.reshape(int(np.prod(data.shape[:axis])), -1)
+    arg = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
+    if node.op == "Reshape":
+        if arg is None:
+            return None
+        target = [data.shape[i] if d == 0 else int(d) for i, d in enumerate(arg.tolist())]
+        return data.reshape(target)
+    axes = arg.tolist() if arg is not None else node.attrs.get("axes")
+    if node.op == "Squeeze":
+        return np.squeeze(data, axis=tuple(axes)) if axes is not None else np.squeeze(data)
+    if axes is None:
+        return None
+    rank = data.ndim + len(axes)
+    for axis in sorted(a + rank if a < 0 else a for a in axes):
+        data = np.expand_dims(data, axis)
+    return data
+
+
+def is_const(tensor: gs.Tensor, value: float, rtol: float = 1e-5) -> bool:
+    """Whether ``tensor`` is a constant equal to ``value`` everywhere (within ``rtol``)."""
+    found = const_value(tensor)
+    return found is not None and found.size > 0 and bool(np.allclose(found, value, rtol=rtol, atol=0))
+
+
+def scalar_value(tensor: gs.Tensor) -> float | None:
+    found = const_value(tensor)
+    if found is None or found.size != 1:
+        return None
+    return float(found.reshape(()))
+
+
+def only_consumer(tensor: gs.Tensor) -> gs.Node | None:
+    """The single node reading ``tensor``'s values, if exactly one does. A CastLike that
+    reads only its type (the dynamo exporter types every constant that way) does not count."""
+    readers = [n for n in tensor.outputs
+               if not (n.op == "CastLike" and n.inputs[1] is tensor and n.inputs[0] is not tensor)]
+    return readers[0] if len(readers) == 1 else None
+
+
+def other_input(node: gs.Node, tensor: gs.Tensor) -> gs.Tensor | None:
+    """For a two-input node, the input that is not ``tensor``."""
+    if len(node.inputs) != 2:
+        return None
+    if node.inputs[0] is tensor:
+        return node.inputs[1]
+    if node.inputs[1] is tensor:
+        return node.inputs[0]
+    return None
+
+
+class Builder:
+    """Adds nodes named after the node they replace, with constants typed like the data."""
+
+    def __init__(self, graph: gs.Graph, base: str, dtype=np.float32) -> None:
+        self.graph, self.base, self.dtype = graph, base, dtype
+        self.added: list[str] = []
+
+    def const(self, value, suffix: str) -> gs.Constant:
+        name = unique_node_name(self.graph, f"{self.base}_{suffix}")
+        return gs.Constant(name, np.asarray(value, dtype=self.dtype))
+
+    def node(self, op: str, inputs: Sequence[gs.Tensor], suffix: str, attrs: dict | None = None,
+             output: gs.Variable | None = None, domain: str | None = None) -> gs.Variable:
+        """Add ``op`` named ``<base>_<suffix>`` (``<base>`` for an empty suffix); its output."""
+        name = unique_node_name(self.graph, f"{self.base}_{suffix}" if suffix else self.base)
+        out = output if output is not None else gs.Variable(f"{name}_out", dtype=self.dtype)
+        self.graph.nodes.append(gs.Node(op, name, attrs or {}, list(inputs), [out], domain=domain))
+        self.added.append(name)
+        return out
+
+
+def replace_output(node: gs.Node) -> gs.Variable:
+    """Detach ``node``'s first output so new nodes can produce it; the node becomes dead."""
+    out = node.outputs[0]
+    node.outputs.clear()
+    return out
+
+
+def float_dtype(tensor: gs.Tensor):
+    """The numpy float dtype of a tensor, float32 when not recorded."""
+    dtype = getattr(tensor, "dtype", None)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        return np.float32
+    return dtype if dtype.kind == "f" else np.float32

@@ -1,0 +1,118 @@
+"""Teach SHAP's ``DeepExplainer`` and Captum's ``DeepLift`` the rules for the modules a
+rewritten model contains.
+
+Both explainers pick a DeepLIFT rule by module class: SHAP from ``op_handler`` (keyed by
+class name) in ``shap.explainers._deep.deep_pytorch``, Captum from ``SUPPORTED_NON_LINEAR``
+(keyed by class) in ``captum.attr._core.deep_lift``. A module they do not list gets the
+plain gradient, which is not additive.
+
+What is registered, and only where the installed explainer has no entry of its own:
+
+* the rescale rule (SHAP's own ``nonlinear_1d``, Captum's own ``nonlinear``) for every
+  one-input elementwise module class in :data:`RESCALE_MODULES`: for such modules the rescale
+  rule ``m = Δy/Δx`` is exact.
+
+Registration happens automatically: when ``rewriter`` is imported (which loading a saved
+rewritten model does), for explainers already imported, and otherwise right after the
+explainer's module is first imported. :func:`register` does it explicitly and returns
+what it added.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import sys
+from collections.abc import Callable
+from types import ModuleType
+
+from torch import nn
+
+from . import modules
+
+SHAP_MODULE = "shap.explainers._deep.deep_pytorch"
+CAPTUM_MODULE = "captum.attr._core.deep_lift"
+
+RESCALE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
+    nn.Hardsigmoid, nn.Hardtanh, nn.ReLU6, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign, nn.PReLU,
+    *modules.elementwise_classes(),
+)
+
+
+def register_shap(deep_pytorch: ModuleType) -> list[str]:
+    """Add the missing rescale entries to SHAP's handler table; the class names added."""
+    table = deep_pytorch.op_handler
+    added = [cls.__name__ for cls in RESCALE_MODULES if cls.__name__ not in table]
+    for name in added:
+        table[name] = deep_pytorch.nonlinear_1d
+    return added
+
+
+def register_captum(deep_lift: ModuleType) -> list[str]:
+    """Add the missing rescale entries to Captum's rule table; the class names added."""
+    table = deep_lift.SUPPORTED_NON_LINEAR
+    added = [cls for cls in RESCALE_MODULES if cls not in table]
+    for cls in added:
+        table[cls] = deep_lift.nonlinear
+    return [cls.__name__ for cls in added]
+
+
+_REGISTRARS: dict[str, Callable[[ModuleType], list[str]]] = {
+    SHAP_MODULE: register_shap,
+    CAPTUM_MODULE: register_captum,
+}
+
+
+def register() -> dict[str, list[str]]:
+    """Register with every installed explainer now (importing it); returns what was added
+    per explainer module. Idempotent."""
+    added = {}
+    for name, registrar in _REGISTRARS.items():
+        if importlib.util.find_spec(name.split(".")[0]) is None:
+            continue
+        added[name] = registrar(importlib.import_module(name))
+    return added
+
+
+class _ThenRegister(importlib.abc.Loader):
+    """Runs the real loader, then registers with the module it just loaded."""
+
+    def __init__(self, loader: importlib.abc.Loader, registrar: Callable[[ModuleType], list[str]]) -> None:
+        self._loader, self._registrar = loader, registrar
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self._loader.exec_module(module)
+        self._registrar(module)
+
+    def __getattr__(self, name: str):
+        return getattr(self._loader, name)
+
+
+class _RegisterOnImport(importlib.abc.MetaPathFinder):
+    """Finds the explainer modules with the other finders and wraps their loaders."""
+
+    def find_spec(self, fullname: str, path, target=None):
+        registrar = _REGISTRARS.get(fullname)
+        if registrar is None:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None and spec.loader is not None:
+                spec.loader = _ThenRegister(spec.loader, registrar)
+                return spec
+        return None
+
+
+def install() -> None:
+    """Register now with explainers already imported; hook the import of the others."""
+    for name, registrar in _REGISTRARS.items():
+        if name in sys.modules:
+            registrar(sys.modules[name])
+    if not any(isinstance(finder, _RegisterOnImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterOnImport())
