@@ -12,6 +12,10 @@ from .base import GraphPass, PassOptions, PassResult
 from .batch import make_batch_dynamic
 from .cleanup import drop_identities, remove_dead_nodes
 from .functions import attach_functions
+from .graph import refresh_shapes
+from .maxima import maxima_as_relu_trees
+from .normalization import decompose_normalization, decompose_softmax
+from .products import shapley_products
 
 # The one list of passes, in the order they run.
 PIPELINE: list[GraphPass] = [
@@ -20,6 +24,10 @@ PIPELINE: list[GraphPass] = [
     make_batch_dynamic,
     fuse_activations,
     decompose_activations,
+    decompose_normalization,
+    decompose_softmax,
+    maxima_as_relu_trees,
+    shapley_products,
 ]
 
 
@@ -35,7 +43,10 @@ def run_passes(model: onnx.ModelProto, options: PassOptions | None = None,
     graph = gs.import_onnx(model)
     results = []
     for graph_pass in pipeline if pipeline is not None else PIPELINE:
-        results.append(graph_pass(graph, options))
+        result = graph_pass(graph, options)
+        results.append(result)
+        if result.count:
+            refresh_shapes(graph)  # later passes read shapes of what this one added
     graph.cleanup().toposort()
     out = gs.export_onnx(graph, do_type_check=False)
     out.ir_version = model.ir_version

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
 from .base import PassOptions, PassResult, unique_node_name
@@ -26,6 +25,7 @@ from .graph import (
     const_value,
     float_dtype,
     is_const,
+    is_float,
     only_consumer,
     other_input,
     producer,
@@ -303,7 +303,7 @@ def _clip_bounds(node: gs.Node) -> tuple[float | None, float | None] | None:
 
 def _decompose(graph: gs.Graph, node: gs.Node) -> list[str] | None:
     """Rewrite one node in place; the names of the added nodes, or None to leave it."""
-    if node.op not in _DECOMPOSED or not node.inputs or not _is_float(node.inputs[0]):
+    if node.op not in _DECOMPOSED or not node.inputs or not is_float(node.inputs[0]):
         return None
     x = node.inputs[0]
     b = Builder(graph, node.name, float_dtype(x))
@@ -340,15 +340,6 @@ def _decompose(graph: gs.Graph, node: gs.Node) -> list[str] | None:
 
 
 _DECOMPOSED = {"Selu", "Celu", "Clip", "HardSigmoid", "PRelu", "Abs"}
-
-
-def _is_float(tensor: gs.Tensor) -> bool:
-    """False only when the tensor is known to hold integers (shape arithmetic)."""
-    dtype = getattr(tensor, "dtype", None)
-    try:
-        return dtype is None or np.dtype(dtype).kind == "f"
-    except TypeError:
-        return True
 
 
 def decompose_activations(graph: gs.Graph, options: PassOptions) -> PassResult:

@@ -28,6 +28,20 @@ def _gelu_tail(inner: str) -> list[onnx.NodeProto]:
             helper.make_node("Mul", ["half_x", "gate"], ["Y"])]
 
 
+def _equation_ref() -> onnx.AttributeProto:
+    """The body's Einsum takes the calling node's ``equation``."""
+    attr = onnx.AttributeProto()
+    attr.name = attr.ref_attr_name = "equation"
+    attr.type = onnx.AttributeProto.STRING
+    return attr
+
+
+def _einsum() -> onnx.NodeProto:
+    node = helper.make_node("Einsum", ["X", "B"], ["Y"])
+    node.attribute.append(_equation_ref())
+    return node
+
+
 BODIES: dict[str, list[onnx.NodeProto]] = {
     "Silu": [helper.make_node("Sigmoid", ["X"], ["s"]), helper.make_node("Mul", ["X", "s"], ["Y"])],
     "Mish": [helper.make_node("Softplus", ["X"], ["sp"]), helper.make_node("Tanh", ["sp"], ["t"]),
@@ -41,12 +55,19 @@ BODIES: dict[str, list[onnx.NodeProto]] = {
                  helper.make_node("Mul", ["cube", "k"], ["kc"]), helper.make_node("Add", ["X", "kc"], ["inner"]),
                  helper.make_node("Mul", ["inner", "c"], ["scaled"]), helper.make_node("Tanh", ["scaled"], ["t"]),
                  *_gelu_tail("t")],
+    # Products of two input-dependent tensors (passes/products.py): the op itself.
+    "ShapleyMul": [helper.make_node("Mul", ["X", "B"], ["Y"])],
+    "ShapleyMatMul": [helper.make_node("MatMul", ["X", "B"], ["Y"])],
+    "ShapleyEinsum": [_einsum()],
 }
+_TWO_INPUTS = {"ShapleyMul", "ShapleyMatMul", "ShapleyEinsum"}
 
 
 def function_proto(name: str, opset: int) -> onnx.FunctionProto:
-    return helper.make_function(DOMAIN, name, ["X"], ["Y"], BODIES[name],
-                                opset_imports=[helper.make_opsetid("", opset)])
+    inputs = ["X", "B"] if name in _TWO_INPUTS else ["X"]
+    return helper.make_function(DOMAIN, name, inputs, ["Y"], BODIES[name],
+                                opset_imports=[helper.make_opsetid("", opset)],
+                                attributes=["equation"] if name == "ShapleyEinsum" else [])
 
 
 def attach_functions(model: onnx.ModelProto) -> None:

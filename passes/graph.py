@@ -122,6 +122,34 @@ class Builder:
         return out
 
 
+    def reduce(self, op: str, x: gs.Tensor, axes: Sequence[int], suffix: str, keepdims: int = 1) -> gs.Variable:
+        """A Reduce* node; axes are an input from opset 18 (13 for ReduceSum), else an attribute."""
+        since = 13 if op == "ReduceSum" else 18
+        if (self.graph.opset or 0) >= since:
+            axes_tensor = gs.Constant(unique_node_name(self.graph, f"{self.base}_{suffix}_axes"),
+                                      np.asarray(list(axes), dtype=np.int64))
+            return self.node(op, [x, axes_tensor], suffix, {"keepdims": keepdims})
+        return self.node(op, [x], suffix, {"axes": list(axes), "keepdims": keepdims})
+
+    def slice(self, x: gs.Tensor, axis: int, start: int, end: int, suffix: str, step: int = 1) -> gs.Variable:
+        ints = [self._ints([v], f"{suffix}_{name}") for v, name in ((start, "start"), (end, "end"), (axis, "axis"),
+                                                                  (step, "step"))]
+        return self.node("Slice", [x, *ints], suffix)
+
+    def _ints(self, values: Sequence[int], suffix: str) -> gs.Constant:
+        return gs.Constant(unique_node_name(self.graph, f"{self.base}_{suffix}"), np.asarray(values, dtype=np.int64))
+
+    def max_of(self, a: gs.Tensor, b: gs.Tensor, suffix: str) -> gs.Variable:
+        """``max(a, b) = a + Relu(b - a)``: exact under DeepLIFT, one ReLU module."""
+        return self.node("Add", [a, self.node("Relu", [self.node("Sub", [b, a], f"{suffix}_diff")], suffix)],
+                         f"{suffix}_add")
+
+    def min_of(self, a: gs.Tensor, b: gs.Tensor, suffix: str) -> gs.Variable:
+        """``min(a, b) = a - Relu(a - b)``."""
+        return self.node("Sub", [a, self.node("Relu", [self.node("Sub", [a, b], f"{suffix}_diff")], suffix)],
+                         f"{suffix}_sub")
+
+
 def replace_output(node: gs.Node) -> gs.Variable:
     """Detach ``node``'s first output so new nodes can produce it; the node becomes dead."""
     out = node.outputs[0]
@@ -137,3 +165,64 @@ def float_dtype(tensor: gs.Tensor):
     except TypeError:
         return np.float32
     return dtype if dtype.kind == "f" else np.float32
+
+
+def refresh_shapes(graph: gs.Graph) -> None:
+    """Record ONNX shape inference's shapes and types on every tensor of ``graph``."""
+    import onnx
+
+    from .functions import attach_functions
+
+    model = gs.export_onnx(graph, do_type_check=False)
+    attach_functions(model)  # inference sees through the fused ops' bodies
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except (onnx.shape_inference.InferenceError, RuntimeError):
+        return
+    tensors = graph.tensors()
+    for vi in list(model.graph.value_info) + list(model.graph.output):
+        tensor = tensors.get(vi.name)
+        if not isinstance(tensor, gs.Variable) or not vi.type.HasField("tensor_type"):
+            continue
+        tt = vi.type.tensor_type
+        if tt.elem_type:
+            tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        if tt.HasField("shape"):
+            tensor.shape = [d.dim_param if d.HasField("dim_param") else (d.dim_value if d.HasField("dim_value")
+                            else None) for d in tt.shape.dim]
+
+
+# Ops whose output carries no information about their data input's values.
+_VALUE_FREE = {"Shape", "Size", "ConstantOfShape", "EyeLike", "RandomNormalLike", "RandomUniformLike"}
+
+
+def varying_tensors(graph: gs.Graph) -> set[str]:
+    """Names of tensors whose values depend on the graph inputs (not only on their shapes)."""
+    varying = {t.name for t in graph.inputs}
+    for node in _topological(graph):
+        if node.op in _VALUE_FREE:
+            continue
+        # CastLike reads only the type of its second input.
+        data = node.inputs[:1] if node.op == "CastLike" else node.inputs
+        if any(t.name in varying for t in data if isinstance(t, gs.Variable)):
+            varying.update(t.name for t in node.outputs)
+    return varying
+
+
+def _topological(graph: gs.Graph) -> list[gs.Node]:
+    graph.toposort()
+    return list(graph.nodes)
+
+
+def batch_dims(graph: gs.Graph) -> set:
+    """The leading dims of the graph inputs: the batch's symbol (or its size, when fixed)."""
+    return {t.shape[0] for t in graph.inputs if t.shape}
+
+
+def is_float(tensor: gs.Tensor) -> bool:
+    """False only when the tensor is known to hold non-float values (shape arithmetic)."""
+    dtype = getattr(tensor, "dtype", None)
+    try:
+        return dtype is None or np.dtype(dtype).kind == "f"
+    except TypeError:
+        return True

@@ -10,7 +10,9 @@ What is registered, and only where the installed explainer has no entry of its o
 
 * the rescale rule (SHAP's own ``nonlinear_1d``, Captum's own ``nonlinear``) for every
   one-input elementwise module class in :data:`RESCALE_MODULES`: for such modules the rescale
-  rule ``m = Δy/Δx`` is exact.
+  rule ``m = Δy/Δx`` is exact;
+* the two-player Shapley rule for :class:`rewriter.modules.ShapleyProduct` (products of two
+  input-dependent tensors; see ``ShapleyProduct.shapley_multipliers``).
 
 Registration happens automatically: when ``rewriter`` is imported (which loading a saved
 rewritten model does), for explainers already imported, and otherwise right after the
@@ -40,21 +42,40 @@ RESCALE_MODULES: tuple[type[nn.Module], ...] = (
 )
 
 
+def _shap_shapley_product(module: modules.ShapleyProduct, grad_input, grad_output):
+    """SHAP handler: SHAP has saved the module's packed input as ``module.x``."""
+    return (module.shapley_multipliers(module.x, grad_output[0]), *grad_input[1:])
+
+
+# SHAP saves a module's input and output (module.x, module.y) only when its handler is named
+# "nonlinear_1d" or "maxpool"; the product rule needs the input.
+_shap_shapley_product.__name__ = "nonlinear_1d"
+
+
+def _captum_shapley_product(module, inputs, outputs, grad_input, grad_output, eps: float = 1e-10):
+    """Captum rule: same signature as Captum's own ``nonlinear``."""
+    return module.shapley_multipliers(inputs, grad_output)
+
+
 def register_shap(deep_pytorch: ModuleType) -> list[str]:
-    """Add the missing rescale entries to SHAP's handler table; the class names added."""
+    """Add the missing entries to SHAP's handler table; the class names added."""
     table = deep_pytorch.op_handler
-    added = [cls.__name__ for cls in RESCALE_MODULES if cls.__name__ not in table]
+    rules = {cls.__name__: deep_pytorch.nonlinear_1d for cls in RESCALE_MODULES}
+    rules[modules.ShapleyProduct.__name__] = _shap_shapley_product
+    added = [name for name in rules if name not in table]
     for name in added:
-        table[name] = deep_pytorch.nonlinear_1d
+        table[name] = rules[name]
     return added
 
 
 def register_captum(deep_lift: ModuleType) -> list[str]:
-    """Add the missing rescale entries to Captum's rule table; the class names added."""
+    """Add the missing entries to Captum's rule table; the class names added."""
     table = deep_lift.SUPPORTED_NON_LINEAR
-    added = [cls for cls in RESCALE_MODULES if cls not in table]
+    rules = {cls: deep_lift.nonlinear for cls in RESCALE_MODULES}
+    rules[modules.ShapleyProduct] = _captum_shapley_product
+    added = [cls for cls in rules if cls not in table]
     for cls in added:
-        table[cls] = deep_lift.nonlinear
+        table[cls] = rules[cls]
     return [cls.__name__ for cls in added]
 
 

@@ -338,3 +338,13 @@ def onnx_split_to_sequence(x: torch.Tensor, axis: int, split: int | list[int] | 
 
 def onnx_sequence_length(sequence: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.tensor(len(sequence), dtype=torch.int64)
+
+
+def pack_operands(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a`` and ``b`` side by side, each flattened per batch row (a ShapleyProduct's input).
+
+    An operand with a batch of 1 is broadcast to the other's batch first.
+    """
+    rows = max(a.shape[0], b.shape[0])
+    a, b = a.expand(rows, *a.shape[1:]), b.expand(rows, *b.shape[1:])
+    return torch.cat([a.reshape(rows, -1), b.reshape(rows, -1)], 1)

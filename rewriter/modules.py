@@ -8,6 +8,8 @@ by element, which is what makes the rescale rule exact for it.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -151,3 +153,55 @@ def elementwise_classes() -> list[type[Elementwise]]:
             found.append(cls)
             pending.append(cls)
     return found
+
+
+class ShapleyProduct(nn.Module):
+    """``y = f(a, b)`` for a bilinear ``f`` of two input-dependent tensors.
+
+    ``f`` is an elementwise product, a matrix product or a two-operand einsum. Explainers
+    hook one input per module, so ``a`` and ``b`` arrive packed side by side, each
+    flattened per batch row (see ``rewriter.functional.pack_operands``); ``shape_a`` and
+    ``shape_b`` are their shapes after the batch dim. Outside explanation this is exactly
+    ``f(a, b)`` with ordinary gradients; under SHAP or Captum the registered rule uses
+    :meth:`shapley_multipliers`.
+    """
+
+    def __init__(self, op: str, shape_a: tuple[int, ...], shape_b: tuple[int, ...], equation: str | None = None):
+        super().__init__()
+        self.op, self.equation = op, equation
+        self.shape_a, self.shape_b = tuple(shape_a), tuple(shape_b)
+
+    def unpack(self, packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        size_a = math.prod(self.shape_a)
+        return packed[:, :size_a].reshape(-1, *self.shape_a), packed[:, size_a:].reshape(-1, *self.shape_b)
+
+    def combine(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.op == "mul":
+            return a * b
+        if self.op == "matmul":
+            return torch.matmul(a, b)
+        return torch.einsum(self.equation, a, b)
+
+    def forward(self, packed: torch.Tensor) -> torch.Tensor:
+        return self.combine(*self.unpack(packed))
+
+    def shapley_multipliers(self, packed: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+        """Multipliers for the packed input of a batch ``[inputs; references]``.
+
+        ``Δy = f(Δa, b̄) + f(ā, Δb)`` with ``ā, b̄`` the means of each input row and its
+        reference row, so ``a``'s multiplier is the gradient of ``f(a, b̄)`` and ``b``'s that
+        of ``f(ā, b)``; both halves of the batch get the same multipliers.
+        """
+        a, b = self.unpack(packed.detach())
+        half = a.shape[0] // 2
+        a_mean = ((a[:half] + a[half:]) / 2).repeat(2, *([1] * (a.dim() - 1)))
+        b_mean = ((b[:half] + b[half:]) / 2).repeat(2, *([1] * (b.dim() - 1)))
+        with torch.enable_grad():
+            a_var, b_var = a_mean.clone().requires_grad_(), b_mean.clone().requires_grad_()
+            (grad_a,) = torch.autograd.grad(self.combine(a_var, b_mean), a_var, grad_output)
+            (grad_b,) = torch.autograd.grad(self.combine(a_mean, b_var), b_var, grad_output)
+        return torch.cat([grad_a.reshape(a.shape[0], -1), grad_b.reshape(b.shape[0], -1)], 1)
+
+    def extra_repr(self) -> str:
+        op = f"einsum '{self.equation}'" if self.op == "einsum" else self.op
+        return f"{op}, a={self.shape_a}, b={self.shape_b}"

@@ -8,6 +8,8 @@ import operator
 import torch
 from torch import nn
 
+from passes.graph import DOMAIN
+
 from .. import dims, functional, modules
 from ..dims import Dims
 from ..onnx_values import ONNX_TO_TORCH_DTYPE
@@ -189,3 +191,15 @@ def matmul(ctx):
 @converter("Einsum")
 def einsum(ctx):
     return ctx.call(torch.einsum, ctx.attr("equation"), *ctx.inputs)
+
+
+_SHAPLEY_OPS = {f"{DOMAIN}.ShapleyMul": "mul", f"{DOMAIN}.ShapleyMatMul": "matmul", f"{DOMAIN}.ShapleyEinsum": "einsum"}
+
+
+@converter(*_SHAPLEY_OPS)
+def shapley_product(ctx):
+    shapes = [ctx.info(i).shape for i in (0, 1)]
+    ctx.require(all(s is not None and all(isinstance(d, int) for d in s[1:]) for s in shapes),
+                "a Shapley product needs static operand shapes after the batch dim")
+    product = modules.ShapleyProduct(_SHAPLEY_OPS[ctx.key], shapes[0][1:], shapes[1][1:], ctx.attr("equation"))
+    return ctx.module(product, ctx.call(functional.pack_operands, ctx.input(0), ctx.input(1)))

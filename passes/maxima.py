@@ -1,0 +1,176 @@
+"""Maxima as trees of ReLUs: ``max(a, b) = a + Relu(b - a)`` is exact under DeepLIFT.
+
+SHAP's and Captum's max-pool rule routes each window's change through the position of its
+maximum; that is exact only when windows do not overlap (kernel == stride, no padding).
+Overlapping max pooling (ResNet's stem, DenseNet, GoogLeNet, SqueezeNet, AlexNet) becomes
+a tree over the window's strided slices; ReduceMax and elementwise Max/Min of two
+input-dependent tensors become trees too. Padding replicates the edge instead of using
+-inf: every window still holds the real element it copies, so the maximum is unchanged.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import onnx_graphsurgeon as gs
+
+from .base import PassOptions, PassResult
+from .graph import Builder, const_value, float_dtype, is_float, replace_output, varying_tensors
+
+
+def _tree(b: Builder, parts: list[gs.Tensor], suffix: str, combine) -> gs.Tensor:
+    """A balanced pairwise tree of ``combine`` over ``parts``."""
+    level = 0
+    while len(parts) > 1:
+        paired = [combine(b, parts[i], parts[i + 1], f"{suffix}{level}_{i // 2}") for i in range(0, len(parts) - 1, 2)]
+        parts = paired + ([parts[-1]] if len(parts) % 2 else [])
+        level += 1
+    return parts[0]
+
+
+def _max(b: Builder, x: gs.Tensor, y: gs.Tensor, suffix: str) -> gs.Tensor:
+    return b.max_of(x, y, suffix)
+
+
+def _min(b: Builder, x: gs.Tensor, y: gs.Tensor, suffix: str) -> gs.Tensor:
+    return b.min_of(x, y, suffix)
+
+
+def _pool_geometry(node: gs.Node, spatial: list[int]):
+    """Per spatial axis: (kernel, stride, dilation, pad_begin, pad_end, output length)."""
+    n = len(spatial)
+    kernel = list(node.attrs["kernel_shape"])
+    strides = list(node.attrs.get("strides", [1] * n))
+    dilations = list(node.attrs.get("dilations", [1] * n))
+    auto_pad = node.attrs.get("auto_pad", "NOTSET")
+    pads = list(node.attrs.get("pads", [0] * (2 * n)))
+    ceil = bool(node.attrs.get("ceil_mode", 0))
+    axes = []
+    for i, (size, k, s, d) in enumerate(zip(spatial, kernel, strides, dilations)):
+        span = (k - 1) * d + 1
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            out = math.ceil(size / s)
+            total = max((out - 1) * s + span - size, 0)
+            small, large = total // 2, total - total // 2
+            begin, end = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+        else:
+            begin, end = (0, 0) if auto_pad == "VALID" else (pads[i], pads[i + n])
+            room = size + begin + end - span
+            out = (-(-room // s) if ceil else room // s) + 1
+            if ceil and (out - 1) * s >= size + begin:
+                out -= 1  # the last window must start inside the input or its left padding
+        axes.append((k, s, d, begin, end, out))
+    return axes
+
+
+def _is_non_overlapping(node: gs.Node, geometry) -> bool:
+    return all(k == s and d == 1 and begin == 0 and end == 0 for k, s, d, begin, end, _ in geometry) \
+        and not node.attrs.get("ceil_mode", 0)
+
+
+def _maxpool_tree(graph: gs.Graph, node: gs.Node) -> list[str] | None:
+    x = node.inputs[0]
+    if len(node.outputs) > 1 and node.outputs[1].outputs:
+        return None  # Indices are read: keep the op
+    shape = x.shape
+    if shape is None or len(shape) < 3 or not all(isinstance(d, int) for d in shape[2:]):
+        return None
+    spatial = list(shape[2:])
+    geometry = _pool_geometry(node, spatial)
+    if _is_non_overlapping(node, geometry):
+        return None  # the explainers' own max-pool rule is exact here
+    b = Builder(graph, node.name, float_dtype(x))
+    # Pad to cover every window, the end also for ceil_mode's partial windows.
+    begins, ends = [], []
+    for size, (k, s, d, begin, _, out) in zip(spatial, geometry):
+        needed = (out - 1) * s + (k - 1) * d + 1
+        ends.append(max(needed - size - begin, 0))
+        begins.append(begin)
+    if any(d > 1 for _, _, d, *_ in geometry) and (any(begins) or any(ends)):
+        return None  # with dilation the replicated edge may not be in the window: keep the op
+    source = x
+    if any(begins) or any(ends):
+        pads = b._ints([0, 0, *begins, 0, 0, *ends], "pads")
+        source = b.node("Pad", [x, pads], "pad", {"mode": "edge"})
+    parts = []
+    for offsets in itertools.product(*(range(k) for k, *_ in geometry)):
+        starts = [o * d for o, (_, _, d, *_) in zip(offsets, geometry)]
+        stops = [st + (out - 1) * s + 1 for st, (_, s, _, _, _, out) in zip(starts, geometry)]
+        steps = [s for _, s, *_ in geometry]
+        axes = list(range(2, 2 + len(spatial)))
+        tag = "_".join(map(str, offsets))
+        parts.append(b.node("Slice", [source, b._ints(starts, f"w{tag}_starts"), b._ints(stops, f"w{tag}_ends"),
+                                      b._ints(axes, f"w{tag}_axes"), b._ints(steps, f"w{tag}_steps")], f"w{tag}"))
+    result = _tree(b, parts, "max", _max)
+    b.node("Identity", [result], "out", output=replace_output(node))
+    return b.added
+
+
+def _reduce_tree(graph: gs.Graph, node: gs.Node) -> list[str] | None:
+    """ReduceMax/ReduceMin over static axes: halve each axis level by level (one ReLU per level)."""
+    x = node.inputs[0]
+    if x.shape is None or not is_float(x):
+        return None
+    rank = len(x.shape)
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1:
+        found = const_value(node.inputs[1])
+        axes = None if found is None else found.tolist()
+    if axes is None or len(axes) == 0:
+        return None
+    axes = sorted(a + rank if a < 0 else a for a in axes)
+    if 0 in axes or not all(isinstance(x.shape[a], int) for a in axes):
+        return None  # reducing over the batch, or over a dynamic axis
+    combine = _max if node.op == "ReduceMax" else _min
+    b = Builder(graph, node.name, float_dtype(x))
+    current = x
+    for axis in axes:
+        length = x.shape[axis]
+        level = 0
+        while length > 1:
+            half = length // 2
+            low = b.slice(current, axis, 0, half, f"a{axis}l{level}_low")
+            high = b.slice(current, axis, half, 2 * half, f"a{axis}l{level}_high")
+            merged = combine(b, low, high, f"a{axis}l{level}")
+            if length % 2:
+                rest = b.slice(current, axis, 2 * half, length, f"a{axis}l{level}_rest")
+                merged = b.node("Concat", [merged, rest], f"a{axis}l{level}_concat", {"axis": axis})
+            current, length = merged, half + length % 2
+            level += 1
+    if not node.attrs.get("keepdims", 1):
+        current = b.node("Squeeze", [current, b._ints(axes, "squeeze_axes")], "squeeze")
+    b.node("Identity", [current], "out", output=replace_output(node))
+    return b.added
+
+
+def _elementwise_tree(graph: gs.Graph, node: gs.Node, varying: set[str]) -> list[str] | None:
+    """Max/Min of several input-dependent tensors."""
+    inputs = list(node.inputs)
+    if len(inputs) < 2 or sum(t.name in varying for t in inputs) < 2 or not all(is_float(t) for t in inputs):
+        return None
+    b = Builder(graph, node.name, float_dtype(inputs[0]))
+    result = _tree(b, inputs, "m", _max if node.op == "Max" else _min)
+    b.node("Identity", [result], "out", output=replace_output(node))
+    return b.added
+
+
+def maxima_as_relu_trees(graph: gs.Graph, options: PassOptions) -> PassResult:
+    """Overlapping MaxPool, ReduceMax/ReduceMin and Max/Min of varying tensors -> ReLU trees."""
+    result = PassResult("maxima_as_relu_trees")
+    varying = varying_tensors(graph)
+    for node in list(graph.nodes):
+        if node.op == "MaxPool":
+            added = _maxpool_tree(graph, node)
+        elif node.op in ("ReduceMax", "ReduceMin"):
+            added = _reduce_tree(graph, node)
+        elif node.op in ("Max", "Min"):
+            added = _elementwise_tree(graph, node, varying)
+        else:
+            continue
+        if added is not None:
+            result.removed.append(node.name)
+            result.added.extend(added)
+    graph.cleanup()
+    return result
+

@@ -1,0 +1,133 @@
+"""Normalisations and softmax, written with pieces that each have an exact DeepLIFT rule.
+
+``(x - mean) * (var + eps)^-1/2``: the means and the centring are linear, the square and
+the inverse square root are elementwise (rescale rule), and the one product of two
+input-dependent tensors becomes a Shapley product (passes/products.py). Softmax is
+``exp(x - max x) * (sum exp(x - max x))^-1``: the max is a ReLU tree (passes/maxima.py),
+exp and the reciprocal are elementwise, the sum is linear, the rest is a product.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .base import PassOptions, PassResult
+from .graph import Builder, const_value, float_dtype, is_float, replace_output
+
+
+def _normalize(b: Builder, x: gs.Tensor, axes: list[int], eps: float) -> gs.Tensor:
+    mean = b.reduce("ReduceMean", x, axes, "mean")
+    centered = b.node("Sub", [x, mean], "center")
+    square = b.node("Pow", [centered, b.const(2.0, "two")], "square")
+    variance = b.reduce("ReduceMean", square, axes, "var")
+    inverse_std = b.node("Pow", [b.node("Add", [variance, b.const(eps, "eps")], "var_eps"),
+                                 b.const(-0.5, "minus_half")], "inv_std")
+    return b.node("Mul", [centered, inverse_std], "normalize")
+
+
+def _affine(b: Builder, y: gs.Tensor, scale: np.ndarray | None, bias: np.ndarray | None, out: gs.Variable) -> None:
+    if scale is not None and bias is not None:
+        b.node("Add", [b.node("Mul", [y, b.const(scale, "weight")], "scale"), b.const(bias, "bias")], "shift",
+               output=out)
+    elif scale is not None:
+        b.node("Mul", [y, b.const(scale, "weight")], "scale", output=out)
+    else:
+        b.node("Identity", [y], "out", output=out)
+
+
+def _channel_shaped(value: np.ndarray, rank: int) -> np.ndarray:
+    """A per-channel vector shaped to broadcast over an N, C, spatial... tensor."""
+    return value.reshape(-1, *([1] * (rank - 2)))
+
+
+def _optional_const(node: gs.Node, i: int):
+    if len(node.inputs) <= i or (isinstance(node.inputs[i], gs.Variable) and not node.inputs[i].name):
+        return None, True
+    value = const_value(node.inputs[i])
+    return value, value is not None
+
+
+def _decompose_norm(graph: gs.Graph, node: gs.Node) -> list[str] | None:
+    x = node.inputs[0]
+    if x.shape is None or not is_float(x):
+        return None
+    rank = len(x.shape)
+    scale, ok_scale = _optional_const(node, 1)
+    bias, ok_bias = _optional_const(node, 2)
+    if not (ok_scale and ok_bias):
+        return None
+    eps = float(node.attrs.get("epsilon", 1e-5))
+    b = Builder(graph, node.name, float_dtype(x))
+    if node.op == "LayerNormalization":
+        if len(node.outputs) > 1 and any(o.outputs for o in node.outputs[1:]):
+            return None  # Mean / InvStdDev are read
+        axis = node.attrs.get("axis", -1)
+        axis = axis + rank if axis < 0 else axis
+        _affine(b, _normalize(b, x, list(range(axis, rank)), eps), scale, bias, replace_output(node))
+    elif node.op == "InstanceNormalization":
+        _affine(b, _normalize(b, x, list(range(2, rank)), eps), _channel_shaped(scale, rank),
+                _channel_shaped(bias, rank), replace_output(node))
+    else:  # GroupNormalization
+        groups = int(node.attrs["num_groups"])
+        channels = x.shape[1]
+        if not isinstance(channels, int) or scale is None or bias is None:
+            return None
+        if scale.size != channels:  # opset 18: one scale per group
+            scale, bias = np.repeat(scale, channels // groups), np.repeat(bias, channels // groups)
+        grouped = b.node("Reshape", [x, b._ints([0, groups, -1], "group_shape")], "group")
+        normalized = _normalize(b, grouped, [2], eps)
+        restored = b.node("Reshape", [normalized, b.node("Shape", [x], "shape")], "ungroup")
+        _affine(b, restored, _channel_shaped(scale, rank), _channel_shaped(bias, rank), replace_output(node))
+    return b.added
+
+
+def decompose_normalization(graph: gs.Graph, options: PassOptions) -> PassResult:
+    """LayerNormalization, InstanceNormalization, GroupNormalization -> means, powers, product."""
+    result = PassResult("decompose_normalization")
+    for node in list(graph.nodes):
+        if node.op in ("LayerNormalization", "InstanceNormalization", "GroupNormalization"):
+            added = _decompose_norm(graph, node)
+            if added is not None:
+                result.removed.append(node.name)
+                result.added.extend(added)
+    graph.cleanup()
+    return result
+
+
+def _decompose_softmax(graph: gs.Graph, node: gs.Node) -> list[str] | None:
+    x = node.inputs[0]
+    if x.shape is None or not is_float(x):
+        return None
+    rank = len(x.shape)
+    opset = graph.opset or 13
+    axis = node.attrs.get("axis", -1 if opset >= 13 else 1)
+    axis = axis + rank if axis < 0 else axis
+    if (opset < 13 and axis != rank - 1) or axis == 0 or not isinstance(x.shape[axis], int):
+        return None
+    b = Builder(graph, node.name, float_dtype(x))
+    shifted = b.node("Sub", [x, b.reduce("ReduceMax", x, [axis], "max")], "shift")
+    exp = b.node("Exp", [shifted], "exp")
+    total = b.reduce("ReduceSum", exp, [axis], "sum")
+    if node.op == "Softmax":
+        b.node("Mul", [exp, b.node("Reciprocal", [total], "inv_sum")], "normalize", output=replace_output(node))
+    else:
+        b.node("Sub", [shifted, b.node("Log", [total], "log_sum")], "normalize", output=replace_output(node))
+    return b.added
+
+
+def decompose_softmax(graph: gs.Graph, options: PassOptions) -> PassResult:
+    """Softmax and LogSoftmax over a static axis -> max tree, exp, sum, reciprocal, product.
+
+    Captum's own softmax rule is not additive, and SHAP's (the rescale rule applied per
+    element) credits each output only to its own logit; the decomposition is exact for both.
+    """
+    result = PassResult("decompose_softmax")
+    for node in list(graph.nodes):
+        if node.op in ("Softmax", "LogSoftmax"):
+            added = _decompose_softmax(graph, node)
+            if added is not None:
+                result.removed.append(node.name)
+                result.added.extend(added)
+    graph.cleanup()
+    return result
