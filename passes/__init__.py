@@ -11,6 +11,7 @@ from .activations import decompose_activations, fuse_activations
 from .base import GraphPass, PassOptions, PassResult
 from .batch import make_batch_dynamic
 from .cleanup import drop_identities, remove_dead_nodes
+from .constants import fold_constants
 from .functions import attach_functions
 from .graph import refresh_shapes
 from .maxima import maxima_as_relu_trees
@@ -22,6 +23,7 @@ PIPELINE: list[GraphPass] = [
     remove_dead_nodes,
     drop_identities,
     make_batch_dynamic,
+    fold_constants,
     fuse_activations,
     decompose_activations,
     decompose_normalization,

@@ -167,24 +167,46 @@ def float_dtype(tensor: gs.Tensor):
     return dtype if dtype.kind == "f" else np.float32
 
 
+def inferred_types(model) -> dict:
+    """Value name -> inferred ``onnx.TypeProto`` for every value of ``model``.
+
+    onnxruntime's symbolic shape inference first: it follows shape arithmetic (a Div of a
+    dim, as attention writes head sizes) that ONNX's own inference gives up on. It does not
+    know model-local functions, so it runs on an inlined copy; inlining keeps the names of
+    the values outside the functions. ONNX's inference is the fallback.
+    """
+    import onnx
+    import onnx.inliner
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    flat = onnx.inliner.inline_local_functions(model) if len(model.functions) else model
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(flat, auto_merge=True)
+    except Exception:  # the tool raises assorted errors on graphs it cannot follow
+        inferred = None
+    if inferred is None:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(flat, strict_mode=False, data_prop=True)
+        except (onnx.shape_inference.InferenceError, RuntimeError):
+            inferred = flat
+    graph = inferred.graph
+    return {vi.name: vi.type for vi in list(graph.value_info) + list(graph.output) + list(graph.input)}
+
+
 def refresh_shapes(graph: gs.Graph) -> None:
-    """Record ONNX shape inference's shapes and types on every tensor of ``graph``."""
+    """Record inferred shapes and types on every tensor of ``graph``."""
     import onnx
 
     from .functions import attach_functions
 
     model = gs.export_onnx(graph, do_type_check=False)
-    attach_functions(model)  # inference sees through the fused ops' bodies
-    try:
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except (onnx.shape_inference.InferenceError, RuntimeError):
-        return
-    tensors = graph.tensors()
-    for vi in list(model.graph.value_info) + list(model.graph.output):
-        tensor = tensors.get(vi.name)
-        if not isinstance(tensor, gs.Variable) or not vi.type.HasField("tensor_type"):
+    attach_functions(model)
+    types = inferred_types(model)
+    for name, tensor in graph.tensors().items():
+        tp = types.get(name)
+        if not isinstance(tensor, gs.Variable) or tp is None or not tp.HasField("tensor_type"):
             continue
-        tt = vi.type.tensor_type
+        tt = tp.tensor_type
         if tt.elem_type:
             tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
         if tt.HasField("shape"):

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from passes import PassOptions, PassResult, run_passes
+from passes.graph import inferred_types
 
 from .errors import InputError
 from .export import export_module
@@ -90,12 +91,14 @@ def _output_names(model: onnx.ModelProto) -> list[str]:
     return [o.name for o in model.graph.output]
 
 
-def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except (onnx.shape_inference.InferenceError, RuntimeError) as exc:
-        raise InputError(f"ONNX shape inference failed: {str(exc).splitlines()[0][:300]}",
-                         fix="check that the model's declared shapes and types are consistent") from exc
+def _with_inferred_types(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every value's inferred type recorded, as the importer reads them."""
+    types = inferred_types(model)
+    known = {vi.name for vi in list(model.graph.input) + list(model.graph.output)}
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(onnx.helper.make_value_info(name, tp) for name, tp in types.items()
+                                  if name not in known)
+    return model
 
 
 def _extra_rows(source: onnx.ModelProto, results: list[PassResult]) -> int:
@@ -167,7 +170,7 @@ def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str
     rewritten, info.passes = run_passes(prepared, PassOptions(dynamic_batch=dynamic_batch))
     lap("passes")
     say("importing into torch")
-    module = import_onnx(_infer_shapes(rewritten), sanitize(class_name) if not class_name.isidentifier() else class_name)
+    module = import_onnx(_with_inferred_types(rewritten), sanitize(class_name) if not class_name.isidentifier() else class_name)
     lap("import")
     say("verifying against the source")
     info.verification = verify(module, reference, inputs, _output_names(source_proto), Tolerance(atol, rtol),

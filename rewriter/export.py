@@ -115,11 +115,13 @@ def _export_torchscript(model: nn.Module, inputs: tuple, names: list[str], opset
                           dynamic_axes={n: {0: "batch"} for n, t in zip(names, inputs) if t.dim() > 0})
     torch_dir = os.path.dirname(torch.__file__)
     traced_a_branch = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)
+                       and "Converting a tensor to a Python" in str(w.message)
                        and not os.path.abspath(w.filename).startswith(torch_dir)]
     if traced_a_branch:
-        # The model's own code converted a tensor to a Python value: the trace followed one
-        # branch and would be right only for inputs that take the same branch. (torch's own
-        # modules do this for checks that do not change the traced computation.)
+        # The model's own code turned a tensor's values into a Python value: the trace
+        # followed one branch and would be right only for inputs that take the same branch.
+        # (torch's own modules do this for checks that do not change the traced computation;
+        # shape-only warnings are left to verification at another batch size.)
         raise _DataDependentTrace(str(traced_a_branch[0].message).splitlines()[0])
     return onnx.load_from_string(buffer.getvalue())
 

@@ -288,3 +288,143 @@ class TransformerEncoderStyle(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.encoder(self.embed(x) + self.pos)
         return self.head(h.mean(1))
+
+
+class ResNetStem(nn.Module):
+    """conv, bn, relu, overlapping MaxPool2d(3, 2, 1): ResNet's stem, out-of-place."""
+
+    def __init__(self, ceil_mode: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(3, 2, 1, ceil_mode=ceil_mode)
+        self.fc = nn.LazyLinear(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.relu(self.bn(self.conv(x)))).flatten(1))
+
+
+class CeilPoolNet(nn.Module):
+    """ceil_mode pooling whose last window hangs over the edge."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3)
+        self.pool = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.fc = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(torch.tanh(self.conv(x))).flatten(1))
+
+
+class SqueezeExciteNet(nn.Module):
+    """A conv stage gated by a squeeze-excite block with SiLU (EfficientNet's MBConv gate)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.act = nn.SiLU()
+        self.se = SqueezeExcite(8, 4)
+        self.fc = nn.Linear(8, 3)
+        with torch.no_grad():
+            for layer in (self.se.fc1, self.se.fc2):
+                layer.weight.mul_(4.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.se(self.act(self.conv(x))).mean((2, 3)))
+
+
+class GatedMLP(nn.Module):
+    """``a * sigmoid(b)``, as in GLU-style feed-forward blocks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.value = nn.Linear(6, 10)
+        self.gate = nn.Linear(6, 10)
+        self.out = nn.Linear(10, 2)
+        with torch.no_grad():
+            self.gate.weight.mul_(3.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.value(x) * torch.sigmoid(self.gate(x)))
+
+
+class LayerNormBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(6, 12)
+        self.norm = nn.LayerNorm(12)
+        self.fc2 = nn.Linear(12, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.norm(self.fc1(x))))
+
+
+class GroupNormBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.GroupNorm(2, 8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.norm(self.conv(x))).mean((2, 3)))
+
+
+class MultiheadEncoder(nn.Module):
+    """Two transformer encoder layers written with nn.MultiheadAttention (batch first)."""
+
+    def __init__(self, d: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, d)
+        self.attn = nn.ModuleList(nn.MultiheadAttention(d, heads, batch_first=True) for _ in range(2))
+        self.norm1 = nn.ModuleList(nn.LayerNorm(d) for _ in range(2))
+        self.ff = nn.ModuleList(nn.Sequential(nn.Linear(d, 32), nn.GELU(), nn.Linear(32, d)) for _ in range(2))
+        self.norm2 = nn.ModuleList(nn.LayerNorm(d) for _ in range(2))
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        for attn, norm1, ff, norm2 in zip(self.attn, self.norm1, self.ff, self.norm2):
+            h = norm1(h + attn(h, h, h, need_weights=False)[0])
+            h = norm2(h + ff(h))
+        return self.head(h.mean(1))
+
+
+class SDPAttention(nn.Module):
+    """Attention written with F.scaled_dot_product_attention."""
+
+    def __init__(self, d: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, length, d = x.shape
+        q, k, v = self.qkv(x).reshape(n, length, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.out(y.transpose(1, 2).reshape(n, length, d).mean(1))
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt: depthwise 7x7, channels-last LayerNorm, MLP with GELU, layer scale, residual."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, dim, 2, stride=2)
+        self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.full((dim,), 0.5))
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.dwconv(x).permute(0, 2, 3, 1)
+        y = self.gamma * self.pwconv2(self.act(self.pwconv1(self.norm(y))))
+        x = x + y.permute(0, 3, 1, 2)
+        return self.head(x.mean((2, 3)))

@@ -1,0 +1,118 @@
+"""Exact attributions where explainers are wrong today: overlapping max pooling, products of
+two input-dependent tensors (gates, squeeze-excite, attention), normalisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from architectures import (
+    CeilPoolNet,
+    ConvNeXtBlock,
+    GatedMLP,
+    GroupNormBlock,
+    LayerNormBlock,
+    MultiheadEncoder,
+    ResNetStem,
+    SDPAttention,
+    SqueezeExciteNet,
+    randomize_batchnorm,
+)
+from explain import captum_relative_delta, shap_outcome, shap_relative_error
+from torch import nn
+
+from rewriter import rewrite
+from rewriter.modules import ShapleyProduct
+
+EXACT = 1e-4
+IMAGE = (3, 16, 16)
+
+MODELS = {
+    "resnet_stem": (lambda: randomize_batchnorm(ResNetStem()), IMAGE, "maxima_as_relu_trees"),
+    "ceil_mode_pool": (lambda: CeilPoolNet(), (2, 10, 10), "maxima_as_relu_trees"),
+    "squeeze_excite": (lambda: SqueezeExciteNet(), IMAGE, "shapley_products"),
+    "gated_mlp": (lambda: GatedMLP(), (6,), "shapley_products"),
+    "layernorm": (lambda: LayerNormBlock(), (6,), "decompose_normalization"),
+    "groupnorm": (lambda: GroupNormBlock(), IMAGE, "decompose_normalization"),
+    "transformer_mha": (lambda: MultiheadEncoder(), (5, 4), "shapley_products"),
+    "sdpa": (lambda: SDPAttention(), (5, 8), "decompose_softmax"),
+    "convnext": (lambda: ConvNeXtBlock(), IMAGE, "decompose_normalization"),
+}
+
+
+def build(name: str) -> nn.Module:
+    make, shape, _ = MODELS[name]
+    torch.manual_seed(0)
+    model = make().eval()
+    with torch.no_grad():
+        model(torch.randn(2, *shape))  # sizes lazy layers
+    return model
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def case(request):
+    name = request.param
+    model = build(name)
+    shape = MODELS[name][1]
+    torch.manual_seed(1)
+    rewritten, report = rewrite(model, torch.randn(4, *shape), report=True)
+    return name, model, shape, rewritten, report
+
+
+def test_the_intended_pass_fired(case):
+    name, _, _, _, report = case
+    fired = {p.name for p in report.passes if p.count}
+    assert MODELS[name][2] in fired, fired
+
+
+def test_forward_unchanged(case):
+    _, model, shape, rewritten, _ = case
+    x = torch.randn(7, *shape)
+    with torch.no_grad():
+        torch.testing.assert_close(rewritten(x), model(x), atol=1e-5, rtol=1e-4)
+
+
+def test_original_is_not_additive(case):
+    _, model, shape, _, _ = case
+    torch.manual_seed(2)
+    outcome, error = shap_outcome(model, torch.randn(10, *shape), torch.randn(3, *shape))
+    assert outcome.startswith("error") or error > 1e-3, (outcome, error)
+
+
+def test_shap_exact_after_rewrite(case):
+    _, _, shape, rewritten, _ = case
+    torch.manual_seed(2)
+    assert shap_relative_error(rewritten, torch.randn(10, *shape), torch.randn(3, *shape)) < EXACT
+
+
+def test_captum_exact_after_rewrite(case):
+    _, _, shape, rewritten, _ = case
+    torch.manual_seed(3)
+    assert captum_relative_delta(rewritten, torch.randn(3, *shape), torch.randn(3, *shape)) < EXACT
+
+
+def test_ordinary_gradients_outside_explanation(case):
+    """Training a rewritten model sees the same gradients as the original."""
+    _, model, shape, rewritten, _ = case
+    x = torch.randn(3, *shape)
+    grads = []
+    for m in (model, rewritten):
+        xi = x.clone().requires_grad_()
+        m(xi).square().sum().backward()
+        grads.append(xi.grad)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+
+
+def test_products_are_shapley_modules(case):
+    name, _, _, rewritten, _ = case
+    if name in ("squeeze_excite", "gated_mlp", "transformer_mha", "sdpa", "layernorm"):
+        assert any(isinstance(m, ShapleyProduct) for m in rewritten.modules())
+
+
+@pytest.mark.parametrize("name", ["transformer_mha", "sdpa"])
+def test_attention_from_the_torchscript_exporter(name):
+    model = build(name)
+    shape = MODELS[name][1]
+    rewritten = rewrite(model, torch.randn(4, *shape), exporter="torchscript")
+    assert sum(isinstance(m, ShapleyProduct) for m in rewritten.modules()) >= 2
+    assert shap_relative_error(rewritten, torch.randn(10, *shape), torch.randn(3, *shape)) < EXACT
+    assert captum_relative_delta(rewritten, torch.randn(3, *shape), torch.randn(3, *shape)) < EXACT
