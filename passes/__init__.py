@@ -16,10 +16,12 @@ from .functions import attach_functions
 from .graph import refresh_shapes
 from .maxima import maxima_as_relu_trees
 from .normalization import decompose_normalization, decompose_softmax
+from .precision import upcast_half_precision
 from .products import shapley_products
 
 # The one list of passes, in the order they run.
 PIPELINE: list[GraphPass] = [
+    upcast_half_precision,
     remove_dead_nodes,
     drop_identities,
     make_batch_dynamic,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -13,6 +14,7 @@ from torch import nn
 
 from passes import PassOptions, PassResult, run_passes
 from passes.graph import inferred_types
+from passes.precision import half_precision_type, upcast_model
 
 from .errors import InputError
 from .export import export_module
@@ -20,8 +22,9 @@ from .importer import import_onnx
 from .load import normalize, parse_onnx, read_onnx
 from .naming import sanitize
 from .onnx_values import ONNX_TO_TORCH_DTYPE
-from .verify import Tolerance, onnx_runner, torch_runner, verify
+from .verify import Reference, Tolerance, onnx_runner, torch_runner, verify
 
+_HALF = (torch.float16, torch.bfloat16)
 ModelSource = nn.Module | onnx.ModelProto | str | os.PathLike | bytes
 Progress = Callable[[str], None]
 
@@ -112,6 +115,65 @@ def _extra_rows(source: onnx.ModelProto, results: list[PassResult]) -> int:
     return fixed[0] if made_dynamic else 0
 
 
+@dataclass
+class _Source:
+    """A model ready for the passes, with what to verify the result against."""
+
+    proto: onnx.ModelProto  # as exported or read
+    prepared: onnx.ModelProto  # checked, inlined, named
+    inputs: tuple[torch.Tensor, ...]  # check inputs (half precision ones as float32)
+    references: list[Reference]
+    report: RewriteReport
+    class_name: str
+
+
+def _half_dtype(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.dtype | None:
+    tensors = [*model.parameters(), *model.buffers(), *inputs]
+    return next((t.dtype for t in tensors if isinstance(t, torch.Tensor) and t.dtype in _HALF), None)
+
+
+def _as_float32(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return tuple(t.float() if isinstance(t, torch.Tensor) and t.dtype in _HALF else t for t in inputs)
+
+
+def _torch_source(model: nn.Module, inputs: tuple, exporter: str, opset: int | None) -> _Source:
+    """A half precision model is exported from a float32 copy (what the result will be), and
+    checked against both: tightly against the copy, within half precision against itself."""
+    half = _half_dtype(model, inputs)
+    references: list[Reference] = []
+    if half is not None:
+        export_model, inputs = copy.deepcopy(model).float(), _as_float32(inputs)
+        references.append(Reference("float32 copy of the model", torch_runner(export_model)))
+    else:
+        export_model = model
+    references.append(Reference("model" if half is None else f"model ({str(half).removeprefix('torch.')})",
+                                torch_runner(model, half), half))
+    exported = export_module(export_model, inputs, exporter=exporter, opset=opset)
+    return _Source(exported.model, normalize(exported.model), inputs, references,
+                   RewriteReport("torch", exported.exporter, exported.fallback_reason), _class_name(type(model).__name__))
+
+
+def _onnx_source(proto: onnx.ModelProto, inputs: tuple, dims: Mapping[str, int]) -> _Source:
+    """A half precision file is checked against onnxruntime on itself and, tightly, on an
+    upcast float32 copy."""
+    prepared = normalize(proto)
+    inputs = _as_float32(inputs or _random_inputs(prepared, dims))
+    references: list[Reference] = []
+    half = half_precision_type(prepared)
+    if half is not None:
+        upcast = onnx.ModelProto()
+        upcast.CopyFrom(proto)
+        upcast_model(upcast)
+        references.append(Reference("onnxruntime on a float32 copy", onnx_runner(upcast)))
+    references.append(Reference("onnxruntime", onnx_runner(proto), ONNX_TO_TORCH_DTYPE.get(half)))
+    name = proto.graph.name
+    return _Source(proto, prepared, inputs, references, RewriteReport("onnx"), _class_name(name))
+
+
+def _class_name(name: str) -> str:
+    return name if name.isidentifier() else (sanitize(name) if name else "ExplainableModel")
+
+
 def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str, int] | None = None,
             exporter: str = "auto", opset: int | None = None, atol: float | None = None, rtol: float | None = None,
             dynamic_batch: bool = True, report: bool = False,
@@ -149,32 +211,23 @@ def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str
 
     if isinstance(model, nn.Module):
         say("exporting to ONNX")
-        exported = export_module(model, tuple(example_inputs), exporter=exporter, opset=opset)
-        source_proto, inputs, reference = exported.model, tuple(example_inputs), torch_runner(model)
-        info = RewriteReport("torch", exported.exporter, exported.fallback_reason)
-        class_name = type(model).__name__
+        source = _torch_source(model, tuple(example_inputs), exporter, opset)
         lap("export")
     else:
         say("reading the ONNX model")
-        source_proto = _load_source(model)
-        info = RewriteReport("onnx")
-        class_name = source_proto.graph.name if source_proto.graph.name.isidentifier() else "ExplainableModel"
+        source = _onnx_source(_load_source(model), tuple(example_inputs), dims or {})
         lap("load")
-
-    say("normalising the graph")
-    prepared = normalize(source_proto)
-    if not isinstance(model, nn.Module):
-        inputs = tuple(example_inputs) or _random_inputs(prepared, dims or {})
-        reference = onnx_runner(source_proto)
+    info = source.report
     say("running passes")
-    rewritten, info.passes = run_passes(prepared, PassOptions(dynamic_batch=dynamic_batch))
+    rewritten, info.passes = run_passes(source.prepared, PassOptions(dynamic_batch=dynamic_batch))
     lap("passes")
     say("importing into torch")
-    module = import_onnx(_with_inferred_types(rewritten), sanitize(class_name) if not class_name.isidentifier() else class_name)
+    module = import_onnx(_with_inferred_types(rewritten), source.class_name)
     lap("import")
     say("verifying against the source")
-    info.verification = verify(module, reference, inputs, _output_names(source_proto), Tolerance(atol, rtol),
-                               _extra_rows(source_proto, info.passes) if info.source == "onnx" else 1)
+    extra_rows = _extra_rows(source.proto, info.passes) if info.source == "onnx" else 1
+    info.verification = verify(module, source.references, source.inputs, _output_names(source.proto),
+                               Tolerance(atol, rtol), extra_rows)
     lap("verify")
     info.timings = timings
     return (module, info) if report else module

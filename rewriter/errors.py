@@ -77,7 +77,8 @@ class VerificationError(ShapRewriteError):
     def __init__(self, message: str, diffs: list[dict], *, fix: str | None = None) -> None:
         self.diffs = diffs
         lines = "; ".join(
-            f"{d['output']} at batch {d['batch']}: max abs diff {d['max_abs']:.3g}, "
+            f"{d['output']} at batch {d['batch']}{' vs ' + d['reference'] if 'reference' in d else ''}: "
+            f"max abs diff {d['max_abs']:.3g}, "
             f"max rel diff {d['max_rel']:.3g}" for d in diffs if not d["ok"])
         super().__init__(f"{message}: {lines}" if lines else message, fix=fix)
 

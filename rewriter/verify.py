@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -35,6 +36,16 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
 }
 
 Runner = Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]
+
+
+class Reference(NamedTuple):
+    """What a result is checked against. ``precision`` names the float type the reference
+    computes in when that is not its output type (a mixed-precision graph casting its
+    float16 result back to float32): its tolerance applies then."""
+
+    label: str
+    run: Runner
+    precision: torch.dtype | None = None
 
 
 @dataclass(frozen=True)
@@ -60,8 +71,12 @@ def as_list(outputs) -> list[torch.Tensor]:
                             fix="make forward() return a tensor or a tuple of tensors")
 
 
-def torch_runner(model: torch.nn.Module) -> Runner:
+def torch_runner(model: torch.nn.Module, float_dtype: torch.dtype | None = None) -> Runner:
+    """Runs ``model``; with ``float_dtype``, float inputs are cast to it first (a half
+    precision source fed the float32 check inputs)."""
     def run(inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        if float_dtype is not None:
+            inputs = [t.to(float_dtype) if t.is_floating_point() else t for t in inputs]
         with torch.no_grad():
             return as_list(model(*inputs))
     return run
@@ -81,6 +96,7 @@ def onnx_runner(model: onnx.ModelProto) -> Runner:
                          fix="check that the model runs in onnxruntime") from exc
     names = [i.name for i in session.get_inputs()]
     fixed = [i.shape[0] if i.shape and isinstance(i.shape[0], int) else None for i in session.get_inputs()]
+    dtypes = [_NUMPY_TYPES.get(i.type) for i in session.get_inputs()]
 
     def run(inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         chunk = next((f for f in fixed if f), None)
@@ -88,12 +104,25 @@ def onnx_runner(model: onnx.ModelProto) -> Runner:
         step = chunk if chunk and batch % chunk == 0 else batch
         pieces: list[list[np.ndarray]] = []
         for start in range(0, batch, step):
-            feed = {n: (t[start:start + step] if f else t).detach().cpu().numpy()
-                    for n, t, f in zip(names, inputs, fixed)}
+            feed = {n: _as_numpy(t[start:start + step] if f else t, d)
+                    for n, t, f, d in zip(names, inputs, fixed, dtypes)}
             pieces.append(session.run(None, feed))
         return [torch.from_numpy(np.concatenate([p[k] for p in pieces]) if len(pieces) > 1 else pieces[0][k])
                 for k in range(len(pieces[0]))]
     return run
+
+
+_NUMPY_TYPES = {"tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(double)": np.float64,
+                "tensor(bfloat16)": None}
+
+
+def _as_numpy(tensor: torch.Tensor, dtype) -> np.ndarray:
+    """A feed for onnxruntime in the input's declared type (bfloat16 has no numpy type)."""
+    array = tensor.detach().cpu()
+    if array.dtype == torch.bfloat16:
+        array = array.float()
+    array = array.numpy()
+    return array.astype(dtype) if dtype is not None and array.dtype.kind == "f" else array
 
 
 def other_batch(inputs: Sequence[torch.Tensor], extra_rows: int = 1) -> tuple[torch.Tensor, ...]:
@@ -116,13 +145,14 @@ def other_batch(inputs: Sequence[torch.Tensor], extra_rows: int = 1) -> tuple[to
 
 
 def compare(result: list[torch.Tensor], reference: list[torch.Tensor], names: Sequence[str], batch: int,
-            tolerance: Tolerance) -> list[dict]:
+            tolerance: Tolerance, precision: torch.dtype | None = None) -> list[dict]:
     if len(result) != len(reference):
         raise VerificationError(f"the rewritten model returns {len(result)} outputs, the source {len(reference)}",
                                 [], fix="report this as a bug with the model")
     diffs = []
     for name, got, want in zip(names, result, reference):
-        atol, rtol = tolerance.for_dtype(want.dtype)
+        atol, rtol = tolerance.for_dtype(precision if precision is not None and want.is_floating_point()
+                                          else want.dtype)
         entry = {"output": name, "batch": batch, "atol": atol, "rtol": rtol}
         if tuple(got.shape) != tuple(want.shape):
             diffs.append({**entry, "max_abs": float("inf"), "max_rel": float("inf"), "ok": False,
@@ -139,23 +169,19 @@ def compare(result: list[torch.Tensor], reference: list[torch.Tensor], names: Se
     return diffs
 
 
-def verify(result_model: torch.nn.Module, reference: Runner, inputs: Sequence[torch.Tensor],
+def verify(result_model: torch.nn.Module, references: Sequence[Reference], inputs: Sequence[torch.Tensor],
            output_names: Sequence[str], tolerance: Tolerance = Tolerance(), extra_rows: int = 1) -> list[dict]:
-    """Compare ``result_model`` with ``reference`` on ``inputs`` and on a second batch with
-    ``extra_rows`` more rows (0 when the batch size is fixed).
+    """Compare ``result_model`` with each reference on ``inputs`` and on a second
+    batch with ``extra_rows`` more rows (0 when the batch size is fixed).
 
-    Returns the per-output figures; raises :class:`VerificationError` when any output
-    differs beyond tolerance, or the source itself produces NaN or Inf.
+    Tolerances follow each reference's precision, so a float16 source is held to float16
+    precision and a float32 reference to float32's. Returns the per-output figures; raises
+    :class:`VerificationError` when any output differs beyond tolerance, or a source itself
+    produces NaN or Inf.
     """
     run = torch_runner(result_model)
     diffs: list[dict] = []
     for batch_inputs in (tuple(inputs), other_batch(inputs, extra_rows)):
-        want = reference(batch_inputs)
-        bad = [n for n, w in zip(output_names, want) if w.is_floating_point() and not torch.isfinite(w).all()]
-        if bad:
-            raise VerificationError(f"the source model outputs NaN or Inf in {', '.join(bad)} on the check inputs, "
-                                    "so the rewrite cannot be verified", [],
-                                    fix="give example inputs on which the model produces finite outputs")
         batch = batch_inputs[0].shape[0] if batch_inputs and batch_inputs[0].dim() else 1
         try:
             got = run(batch_inputs)
@@ -164,7 +190,15 @@ def verify(result_model: torch.nn.Module, reference: Runner, inputs: Sequence[to
                                     f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}", [],
                                     fix="the model may depend on a fixed batch size; pass dynamic_batch=False "
                                         "(CLI --static-batch) or re-export with a dynamic batch dim") from exc
-        diffs.extend(compare(got, want, output_names, batch, tolerance))
+        for label, reference, precision in references:
+            want = reference(batch_inputs)
+            bad = [n for n, w in zip(output_names, want) if w.is_floating_point() and not torch.isfinite(w).all()]
+            if bad:
+                raise VerificationError(f"the source model outputs NaN or Inf in {', '.join(bad)} on the check "
+                                        "inputs, so the rewrite cannot be verified", [],
+                                        fix="give example inputs on which the model produces finite outputs")
+            diffs.extend({**d, "reference": label}
+                         for d in compare(got, want, output_names, batch, tolerance, precision))
     if not all(d["ok"] for d in diffs):
         raise VerificationError("the rewritten model does not match the source", diffs,
                                 fix="loosen --atol/--rtol if the difference is float rounding, otherwise report "

@@ -76,3 +76,30 @@ def fixed_batch_mlp(batch: int = 1, seed: int = 0) -> onnx.ModelProto:
     ]
     return model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 4])],
                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 2])], inits)
+
+
+def keras_mixed_float16_cnn(seed: int = 0) -> onnx.ModelProto:
+    """What tf2onnx emits for a Keras ``mixed_float16`` CNN: float32 input and output,
+    casts to float16 around a float16 convolution and dense layer."""
+    rng = np.random.default_rng(seed)
+    f16 = np.float16
+    inits = [
+        const("conv_w", (rng.normal(size=(4, 3, 3, 3)) * 0.3).astype(f16)),
+        const("conv_b", (rng.normal(size=(4,)) * 0.1).astype(f16)),
+        const("dense_w", (rng.normal(size=(4 * 6 * 6, 3)) * 0.1).astype(f16)),
+        const("dense_b", (rng.normal(size=(3,)) * 0.1).astype(f16)),
+        const("flat", np.array([-1, 4 * 6 * 6], dtype=np.int64)),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["input_1"], ["x16"], to=TensorProto.FLOAT16, name="model/conv2d/Cast"),
+        helper.make_node("Transpose", ["x16"], ["nchw"], perm=[0, 3, 1, 2], name="model/conv2d/Conv2D__6"),
+        helper.make_node("Conv", ["nchw", "conv_w", "conv_b"], ["conv"], pads=[1, 1, 1, 1], name="model/conv2d/BiasAdd"),
+        helper.make_node("Relu", ["conv"], ["relu"], name="model/conv2d/Relu"),
+        helper.make_node("Reshape", ["relu", "flat"], ["flat16"], name="model/flatten/Reshape"),
+        helper.make_node("MatMul", ["flat16", "dense_w"], ["mm"], name="model/dense/MatMul"),
+        helper.make_node("Add", ["mm", "dense_b"], ["logits16"], name="model/dense/BiasAdd"),
+        helper.make_node("Cast", ["logits16"], ["logits"], to=TensorProto.FLOAT, name="model/dense/Cast"),
+    ]
+    return model(nodes, [helper.make_tensor_value_info("input_1", TensorProto.FLOAT, ["unk__9", 6, 6, 3])],
+                 [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["unk__9", 3])], inits, opset=13,
+                 name="tf2onnx")

@@ -61,6 +61,9 @@ _CONV_F = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 @converter("Conv")
 def conv(ctx):
     weight, bias = ctx.const(1), ctx.const(2)
+    dynamic_bias = ctx.input(2) is not None and bias is None
+    if bias is not None and not bias.any():
+        bias = None  # exporters write "no bias" as zeros
     rank = weight.dim() if weight is not None else ctx.rank(1)
     n = rank - 2
     kernel = ctx.attr("kernel_shape") or (list(weight.shape[2:]) if weight is not None else None)
@@ -71,7 +74,7 @@ def conv(ctx):
     x = ctx.input(0)
     if extra is not None:
         x = ctx.call(F.pad, x, extra)
-    if weight is None or (ctx.input(2) is not None and bias is None):
+    if weight is None or dynamic_bias:
         return ctx.call(_CONV_F[n], x, ctx.input(1), ctx.input(2), strides, padding, dilations, groups)
     layer = _CONV[n](weight.shape[1] * groups, weight.shape[0], kernel_size=tuple(weight.shape[2:]),
                      stride=strides, padding=padding, dilation=dilations, groups=groups,

@@ -1,0 +1,113 @@
+"""Half precision (float16, bfloat16) becomes float32 everywhere in the graph.
+
+Explainers compute multipliers as ratios of small differences, which half precision makes
+noisy, and SHAP's numba code does not take float16 at all. Mixed-precision graphs (Keras
+``mixed_float16`` through tf2onnx, torch autocast) cast to half around convolutions and
+matmuls; those casts become no-ops and are dropped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import TensorProto, numpy_helper
+
+from .base import PassOptions, PassResult
+
+HALF_TYPES = {TensorProto.FLOAT16, TensorProto.BFLOAT16}
+# Attributes that name an element type.
+_TYPE_ATTRIBUTES = {"Cast": "to", "EyeLike": "dtype", "RandomNormal": "dtype", "RandomNormalLike": "dtype",
+                    "RandomUniform": "dtype", "RandomUniformLike": "dtype", "Multinomial": "dtype"}
+
+
+def _upcast_tensor(tensor: TensorProto) -> bool:
+    if tensor.data_type not in HALF_TYPES:
+        return False
+    array = numpy_helper.to_array(tensor).astype(np.float32)
+    upcast = numpy_helper.from_array(array, tensor.name)
+    tensor.CopyFrom(upcast)
+    return True
+
+
+def _upcast_type(tp: onnx.TypeProto) -> bool:
+    if tp.HasField("tensor_type") and tp.tensor_type.elem_type in HALF_TYPES:
+        tp.tensor_type.elem_type = TensorProto.FLOAT
+        return True
+    return False
+
+
+def half_precision_type(model: onnx.ModelProto) -> int | None:
+    """The half type (TensorProto.FLOAT16 or BFLOAT16) any value, constant or cast of
+    ``model`` has, or None."""
+    graph = model.graph
+    found = [t.data_type for t in graph.initializer]
+    found += [vi.type.tensor_type.elem_type for vi in [*graph.input, *graph.output, *graph.value_info]]
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                found.append(attr.t.data_type)
+            elif attr.name == _TYPE_ATTRIBUTES.get(node.op_type):
+                found.append(attr.i)
+    return next((t for t in found if t in HALF_TYPES), None)
+
+
+def upcast_model(model: onnx.ModelProto) -> list[str]:
+    """Rewrite ``model`` in place to float32 wherever it holds half precision; returns the
+    names of the nodes changed (graph inputs, outputs and initializers are changed too)."""
+    graph = model.graph
+    for tensor in graph.initializer:
+        _upcast_tensor(tensor)
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        _upcast_type(vi.type)
+    changed = []
+    for node in graph.node:
+        touched = False
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                touched |= _upcast_tensor(attr.t)
+            elif attr.name == _TYPE_ATTRIBUTES.get(node.op_type) and attr.i in HALF_TYPES:
+                attr.i = TensorProto.FLOAT
+                touched = True
+        if touched:
+            changed.append(node.name)
+    return changed
+
+
+def _drop_float_casts(graph: gs.Graph) -> list[str]:
+    """Casts to float32 of float32 tensors pass their input through: remove them."""
+    removed = []
+    for node in list(graph.nodes):
+        if node.op != "Cast" or node.attrs.get("to") != TensorProto.FLOAT or node.outputs[0] in graph.outputs:
+            continue
+        source = node.inputs[0]
+        if getattr(source, "dtype", None) is None or np.dtype(source.dtype) != np.float32:
+            continue
+        for consumer in list(node.outputs[0].outputs):
+            for i, tensor in enumerate(consumer.inputs):
+                if tensor is node.outputs[0]:
+                    consumer.inputs[i] = source
+        node.inputs.clear()
+        node.outputs.clear()
+        graph.nodes.remove(node)
+        removed.append(node.name)
+    return removed
+
+
+def upcast_half_precision(graph: gs.Graph, options: PassOptions) -> PassResult:
+    """Make every float16/bfloat16 initializer, constant, cast target, input, output and
+    recorded type float32, then drop the casts that became no-ops."""
+    from .graph import refresh_shapes
+
+    result = PassResult("upcast_half_precision")
+    model = gs.export_onnx(graph, do_type_check=False)
+    if half_precision_type(model) is None:
+        return result
+    half_inputs = [vi.name for vi in model.graph.input if vi.type.tensor_type.elem_type in HALF_TYPES]
+    result.changed = half_inputs + upcast_model(model)
+    upcast = gs.import_onnx(model)
+    graph.nodes, graph.inputs, graph.outputs = upcast.nodes, upcast.inputs, upcast.outputs
+    refresh_shapes(graph)
+    result.removed = _drop_float_casts(graph)
+    graph.cleanup()
+    return result
