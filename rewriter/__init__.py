@@ -6,8 +6,9 @@
 """
 
 from . import explainers
-from .api import RewriteReport, rewrite
+from .api import inspect, rewrite
 from .errors import (
+    AdditivityError,
     ConversionError,
     ExportError,
     InputError,
@@ -16,6 +17,7 @@ from .errors import (
     UnsupportedOpError,
     VerificationError,
 )
+from .report import RewriteReport
 from .result import ExplainableModule
 
 __version__ = "0.1.0"
@@ -23,6 +25,7 @@ __version__ = "0.1.0"
 explainers.install()
 
 __all__ = [
+    "AdditivityError",
     "ConversionError",
     "ExplainableModule",
     "ExportError",
@@ -32,5 +35,6 @@ __all__ = [
     "ShapRewriteError",
     "UnsupportedOpError",
     "VerificationError",
+    "inspect",
     "rewrite",
 ]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import onnx
 import torch
@@ -16,30 +17,19 @@ from passes import PassOptions, PassResult, run_passes
 from passes.graph import inferred_types
 from passes.precision import half_precision_type, upcast_model
 
-from .errors import InputError
+from .check import self_check
+from .errors import InputError, UnsupportedOpError
 from .export import export_module
 from .importer import import_onnx
 from .load import normalize, parse_onnx, read_onnx
 from .naming import sanitize
 from .onnx_values import ONNX_TO_TORCH_DTYPE
-from .verify import Reference, Tolerance, onnx_runner, torch_runner, verify
+from .report import RewriteReport, classify
+from .verify import Reference, Tolerance, onnx_runner, other_batch, torch_runner, verify
 
 _HALF = (torch.float16, torch.bfloat16)
 ModelSource = nn.Module | onnx.ModelProto | str | os.PathLike | bytes
 Progress = Callable[[str], None]
-
-
-@dataclass
-class RewriteReport:
-    """What a rewrite did: where the graph came from, each pass's changes, the verification
-    figures and the time each stage took (seconds)."""
-
-    source: str
-    exporter: str | None = None
-    exporter_fallback_reason: str | None = None
-    passes: list[PassResult] = field(default_factory=list)
-    verification: list[dict] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 def _random_inputs(model: onnx.ModelProto, dims: Mapping[str, int]) -> tuple[torch.Tensor, ...]:
@@ -149,16 +139,22 @@ def _torch_source(model: nn.Module, inputs: tuple, exporter: str, opset: int | N
     references.append(Reference("model" if half is None else f"model ({str(half).removeprefix('torch.')})",
                                 torch_runner(model, half), half))
     exported = export_module(export_model, inputs, exporter=exporter, opset=opset)
-    return _Source(exported.model, normalize(exported.model), inputs, references,
-                   RewriteReport("torch", exported.exporter, exported.fallback_reason), _class_name(type(model).__name__))
+    prepared, reused = normalize(exported.model)
+    return _Source(exported.model, prepared, inputs, references,
+                   RewriteReport("torch", exported.exporter, exported.fallback_reason, reused),
+                   _class_name(type(model).__name__))
 
 
-def _onnx_source(proto: onnx.ModelProto, inputs: tuple, dims: Mapping[str, int]) -> _Source:
+def _onnx_source(proto: onnx.ModelProto, inputs: tuple, dims: Mapping[str, int], need_inputs: bool = True) -> _Source:
     """A half precision file is checked against onnxruntime on itself and, tightly, on an
     upcast float32 copy."""
-    prepared = normalize(proto)
-    inputs = _as_float32(inputs or _random_inputs(prepared, dims))
+    prepared, reused = normalize(proto)
     references: list[Reference] = []
+    name = proto.graph.name
+    if not need_inputs:
+        return _Source(proto, prepared, (), references, RewriteReport("onnx", unshared_modules=reused),
+                       _class_name(name))
+    inputs = _as_float32(inputs or _random_inputs(prepared, dims))
     half = half_precision_type(prepared)
     if half is not None:
         upcast = onnx.ModelProto()
@@ -166,18 +162,48 @@ def _onnx_source(proto: onnx.ModelProto, inputs: tuple, dims: Mapping[str, int])
         upcast_model(upcast)
         references.append(Reference("onnxruntime on a float32 copy", onnx_runner(upcast)))
     references.append(Reference("onnxruntime", onnx_runner(proto), ONNX_TO_TORCH_DTYPE.get(half)))
-    name = proto.graph.name
-    return _Source(proto, prepared, inputs, references, RewriteReport("onnx"), _class_name(name))
+    return _Source(proto, prepared, inputs, references, RewriteReport("onnx", unshared_modules=reused),
+                   _class_name(name))
 
 
 def _class_name(name: str) -> str:
     return name if name.isidentifier() else (sanitize(name) if name else "ExplainableModel")
 
 
+class _Clock:
+    """Times each stage and announces it to ``progress``."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.say = progress or (lambda message: None)
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, key: str, message: str):
+        self.say(message)
+        start = time.perf_counter()
+        yield
+        self.timings[key] = time.perf_counter() - start
+
+
+def _read(model: ModelSource, example_inputs: tuple, dims, exporter: str, opset: int | None, clock: _Clock,
+          need_inputs: bool = True) -> _Source:
+    if exporter not in ("auto", "dynamo", "torchscript"):
+        raise InputError(f"unknown exporter '{exporter}'", fix="use 'auto', 'dynamo' or 'torchscript'")
+    if isinstance(model, nn.Module):
+        with clock.stage("export", "exporting to ONNX"):
+            return _torch_source(model, example_inputs, exporter, opset)
+    with clock.stage("load", "reading the ONNX model"):
+        return _onnx_source(_load_source(model), example_inputs, dims or {}, need_inputs)
+
+
+def _as_tuple(value) -> tuple[torch.Tensor, ...]:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+
 def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str, int] | None = None,
             exporter: str = "auto", opset: int | None = None, atol: float | None = None, rtol: float | None = None,
-            dynamic_batch: bool = True, report: bool = False,
-            progress: Progress | None = None) -> nn.Module | tuple[nn.Module, RewriteReport]:
+            dynamic_batch: bool = True, check: bool = False, check_background=None, check_inputs=None,
+            report: bool = False, progress: Progress | None = None) -> nn.Module | tuple[nn.Module, RewriteReport]:
     """Rewrite ``model`` into an equivalent ``torch.fx.GraphModule`` that SHAP's DeepExplainer
     and Captum's DeepLift explain exactly, verified against the source before it is returned.
 
@@ -191,43 +217,54 @@ def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str
         opset: ONNX opset to export a torch model with (default: the exporter's).
         atol, rtol: verification tolerances; default by dtype (see ``rewriter.verify``).
         dynamic_batch: make a fixed leading dim of an ONNX model's inputs dynamic.
+        check: run SHAP's DeepExplainer (and Captum's DeepLift, when installed) on the
+            result and record the worst relative additivity errors in the report.
+        check_background, check_inputs: data for the check (a tensor, or a tuple for several
+            model inputs); default: rows built from the example inputs.
         report: also return a :class:`RewriteReport`.
         progress: called with a short message as each stage starts.
 
     Raises:
         rewriter.errors.ShapRewriteError: a subclass naming what failed and the fix.
     """
-    if exporter not in ("auto", "dynamo", "torchscript"):
-        raise InputError(f"unknown exporter '{exporter}'", fix="use 'auto', 'dynamo' or 'torchscript'")
-    say = progress or (lambda message: None)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(stage: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[stage] = now - clock
-        clock = now
-
-    if isinstance(model, nn.Module):
-        say("exporting to ONNX")
-        source = _torch_source(model, tuple(example_inputs), exporter, opset)
-        lap("export")
-    else:
-        say("reading the ONNX model")
-        source = _onnx_source(_load_source(model), tuple(example_inputs), dims or {})
-        lap("load")
+    clock = _Clock(progress)
+    source = _read(model, tuple(example_inputs), dims, exporter, opset, clock)
     info = source.report
-    say("running passes")
-    rewritten, info.passes = run_passes(source.prepared, PassOptions(dynamic_batch=dynamic_batch))
-    lap("passes")
-    say("importing into torch")
-    module = import_onnx(_with_inferred_types(rewritten), source.class_name)
-    lap("import")
-    say("verifying against the source")
-    extra_rows = _extra_rows(source.proto, info.passes) if info.source == "onnx" else 1
-    info.verification = verify(module, source.references, source.inputs, _output_names(source.proto),
-                               Tolerance(atol, rtol), extra_rows)
-    lap("verify")
-    info.timings = timings
+    module = _passes_and_import(source, dynamic_batch, clock)
+    with clock.stage("verify", "verifying against the source"):
+        extra_rows = _extra_rows(source.proto, info.passes) if info.source == "onnx" else 1
+        info.verification = verify(module, source.references, source.inputs, _output_names(source.proto),
+                                   Tolerance(atol, rtol), extra_rows)
+    info.nodes = classify(module)
+    if check:
+        with clock.stage("check", "checking additivity with the explainers"):
+            background = _as_tuple(check_background) if check_background is not None else \
+                other_batch(source.inputs, max(8 - len(source.inputs[0]), 0))[:8]
+            inputs = _as_tuple(check_inputs) if check_inputs is not None else tuple(t[:3] for t in source.inputs)
+            info.check = self_check(module, background, inputs)
+    info.timings = clock.timings
     return (module, info) if report else module
+
+
+def _passes_and_import(source: _Source, dynamic_batch: bool, clock: _Clock) -> nn.Module:
+    info = source.report
+    with clock.stage("passes", "running passes"):
+        rewritten, info.passes = run_passes(source.prepared, PassOptions(dynamic_batch=dynamic_batch))
+    with clock.stage("import", "importing into torch"):
+        return import_onnx(_with_inferred_types(rewritten), source.class_name)
+
+
+def inspect(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str, int] | None = None,
+            exporter: str = "auto", opset: int | None = None, dynamic_batch: bool = True,
+            progress: Progress | None = None) -> RewriteReport:
+    """What :func:`rewrite` would do, without verifying or returning a model: each pass's
+    changes, how each explainer would treat each node, and every unsupported op (in
+    ``report.unsupported`` rather than raised)."""
+    clock = _Clock(progress)
+    source = _read(model, tuple(example_inputs), dims, exporter, opset, clock, need_inputs=False)
+    try:
+        source.report.nodes = classify(_passes_and_import(source, dynamic_batch, clock))
+    except UnsupportedOpError as exc:
+        source.report.unsupported = exc.ops
+    source.report.timings = clock.timings
+    return source.report

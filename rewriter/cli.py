@@ -1,31 +1,38 @@
-"""``shaprewrite IN.onnx OUT.pt``: rewrite an ONNX file into an exactly explainable torch module."""
+"""``shaprewrite IN.onnx OUT.pt`` and ``shaprewrite inspect IN.onnx``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
-from .api import rewrite
-from .errors import InputError, OutputError, ShapRewriteError
+from .api import inspect, rewrite
+from .errors import AdditivityError, InputError, OutputError, ShapRewriteError, UnsupportedOpError
+from .report import RewriteReport
 
-EXAMPLES = """\
+EXIT_CODES = """\
+exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 4 unsupported op,
+5 export failed, 6 verification failed, 7 self-check failed, 8 cannot write output
+"""
+
+EXAMPLES = f"""\
 examples:
   shaprewrite model.onnx model.pt
+  shaprewrite model.onnx model.pt --check --report model.report.json
   shaprewrite model.onnx model.pt --dim seq=128 --rtol 1e-3
-  python -c "import torch, rewriter; m = torch.load('model.pt', weights_only=False)"
+  shaprewrite inspect model.onnx
 
 The output is a pickled torch.fx.GraphModule: load it with
 torch.load(path, weights_only=False) where shaprewrite is installed, and only
 load files you trust (pickle can run code).
 
-exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 4 unsupported op,
-5 export failed, 6 verification failed, 8 cannot write output
-"""
+{EXIT_CODES}"""
 
 
 def _dim(text: str) -> tuple[str, int]:
@@ -35,7 +42,7 @@ def _dim(text: str) -> tuple[str, int]:
     return name, int(value)
 
 
-def _tolerance(text: str) -> float:
+def _non_negative(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -43,6 +50,16 @@ def _tolerance(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got '{text}'")
     return value
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dim", action="append", type=_dim, default=[], metavar="NAME=SIZE",
+                        help="size of a symbolic input dim for the check inputs (repeatable)")
+    parser.add_argument("--static-batch", action="store_true",
+                        help="keep a fixed leading input dim fixed instead of making it dynamic")
+    parser.add_argument("--report", metavar="PATH", help="write the JSON report to PATH")
+    parser.add_argument("--json", action="store_true", help="print the JSON report on stdout")
+    parser.add_argument("--quiet", action="store_true", help="print nothing on stderr but errors")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,23 +70,34 @@ def build_parser() -> argparse.ArgumentParser:
                     "before it is written.")
     parser.add_argument("input", help="ONNX model file")
     parser.add_argument("output", help="where to write the rewritten module (.pt)")
-    parser.add_argument("--dim", action="append", type=_dim, default=[], metavar="NAME=SIZE",
-                        help="size of a symbolic input dim for the check inputs (repeatable)")
-    parser.add_argument("--atol", type=_tolerance, help="absolute verification tolerance (default by dtype)")
-    parser.add_argument("--rtol", type=_tolerance, help="relative verification tolerance (default by dtype)")
-    parser.add_argument("--static-batch", action="store_true",
-                        help="keep a fixed leading input dim fixed instead of making it dynamic")
+    parser.add_argument("--atol", type=_non_negative, help="absolute verification tolerance (default by dtype)")
+    parser.add_argument("--rtol", type=_non_negative, help="relative verification tolerance (default by dtype)")
+    parser.add_argument("--check", action="store_true",
+                        help="explain the result with SHAP (and Captum) and fail above --threshold")
+    parser.add_argument("--threshold", type=_non_negative, default=1e-3,
+                        help="largest relative additivity error --check accepts (default 1e-3)")
     parser.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
-    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _common(parser)
     return parser
 
 
-def write_atomically(module: torch.nn.Module, output: Path) -> None:
-    """Save to a temporary file beside ``output``, then rename: readers never see half a file."""
+def build_inspect_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shaprewrite inspect", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES,
+        description="Report what shaprewrite would do to an ONNX model, without writing one: the rewrites, the "
+                    "nodes that would stay approximate, and any unsupported ops (exit 4).")
+    parser.add_argument("input", help="ONNX model file")
+    _common(parser)
+    return parser
+
+
+def write_atomically(write, output: Path) -> None:
+    """Write through ``write(handle)`` to a temporary file beside ``output``, then rename it
+    into place: readers never see half a file, a failure leaves nothing behind."""
     fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(module, handle)
+            write(handle)
         os.replace(tmp, output)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -88,29 +116,104 @@ def _check_output(output: Path, force: bool) -> None:
                           fix="choose a writable directory")
 
 
+class _Terminal:
+    """Progress and the summary, on stderr unless quiet."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self._started: float | None = None
+
+    def print(self, text: str = "") -> None:
+        if not self.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+    def progress(self, message: str) -> None:
+        now = time.perf_counter()
+        self._started = self._started or now
+        self.print(f"shaprewrite: [{now - self._started:6.1f}s] {message}...")
+
+    def summary(self, report: RewriteReport, threshold: float | None = None) -> None:
+        if self.quiet:
+            return
+        self.print()
+        if report.exporter:
+            self.print(f"exported with the {report.exporter} exporter")
+        self.print(f"  {'pass':<28} changes")
+        for result in report.passes:
+            self.print(f"  {result.name:<28} {result.count:>7}")
+        if report.verification:
+            worst = max(report.verification, key=lambda d: d["max_rel"])
+            self.print(f"verified: {len(report.verification)} comparisons, worst max abs diff "
+                       f"{max(d['max_abs'] for d in report.verification):.3g}, max rel diff {worst['max_rel']:.3g}")
+        if report.unsupported:
+            self.print(f"unsupported ops: {', '.join(f'{op} ({node})' for op, node in report.unsupported.items())}")
+        approximate = report.approximate
+        if approximate:
+            shown = ", ".join(approximate[:8]) + (" ..." if len(approximate) > 8 else "")
+            self.print(f"exactness: {len(approximate)} approximate node(s): {shown}")
+        elif not report.unsupported:
+            self.print("exactness: exact (every node has an exact DeepLIFT rule)")
+        for explainer, value in report.check.items():
+            verdict = "" if threshold is None or not isinstance(value, float) else \
+                ("  ok" if value <= threshold else f"  ABOVE threshold {threshold:g}")
+            shown = f"{value:.3g}" if isinstance(value, float) else f"failed ({value})"
+            self.print(f"self-check: {explainer} relative additivity error {shown}{verdict}")
+
+
+def _emit_report(report: RewriteReport, args: argparse.Namespace) -> None:
+    document = report.as_dict()
+    text = json.dumps(document, indent=2)
+    if args.report:
+        path = Path(args.report)
+        if not path.parent.is_dir():
+            raise OutputError(f"the report directory '{path.parent}' does not exist", fix="create it first")
+        write_atomically(lambda handle: handle.write(text.encode()), path)
+    if args.json:
+        print(text)
+
+
 def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     _check_output(output, args.force)
     if Path(args.input).resolve() == output.resolve():
         raise InputError("input and output are the same file", fix="write the output to another path")
-    say = (lambda message: None) if args.quiet else (lambda message: print(f"shaprewrite: {message}...", file=sys.stderr))
+    terminal = _Terminal(args.quiet)
     module, report = rewrite(args.input, dims=dict(args.dim), atol=args.atol, rtol=args.rtol,
-                             dynamic_batch=not args.static_batch, report=True, progress=say)
+                             dynamic_batch=not args.static_batch, check=args.check, report=True,
+                             progress=terminal.progress)
+    terminal.summary(report, args.threshold if args.check else None)
+    _emit_report(report, args)
+    if args.check:
+        failures = {k: v for k, v in report.check.items() if not isinstance(v, float) or v > args.threshold}
+        if failures:
+            detail = "; ".join(f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}" for k, v in failures.items())
+            raise AdditivityError(f"the self-check failed ({detail}; threshold {args.threshold:g}); nothing was written",
+                                  fix="see the report's 'approximate' list for the nodes at fault, or raise --threshold")
     try:
-        write_atomically(module, output)
+        write_atomically(lambda handle: torch.save(module, handle), output)
     except OSError as exc:
         raise OutputError(f"cannot write '{output}': {exc.strerror or exc}", fix="check the path and free space") from exc
-    if not args.quiet:
-        worst = max((d["max_abs"] for d in report.verification), default=0.0)
-        print(f"shaprewrite: wrote {output} (verified: max abs diff {worst:.3g})", file=sys.stderr)
+    terminal.print(f"shaprewrite: wrote {output}")
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    terminal = _Terminal(args.quiet)
+    report = inspect(args.input, dims=dict(args.dim), dynamic_batch=not args.static_batch,
+                     progress=terminal.progress)
+    terminal.summary(report)
+    _emit_report(report, args)
+    if report.unsupported:
+        raise UnsupportedOpError(report.unsupported)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    inspecting = bool(argv) and argv[0] == "inspect"
+    args = (build_inspect_parser() if inspecting else build_parser()).parse_args(argv[1:] if inspecting else argv)
     try:
-        return run(args)
+        return run_inspect(args) if inspecting else run(args)
     except ShapRewriteError as exc:
         print(f"shaprewrite: error: {exc}", file=sys.stderr)
         return exc.exit_code

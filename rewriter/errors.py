@@ -83,6 +83,12 @@ class VerificationError(ShapRewriteError):
         super().__init__(f"{message}: {lines}" if lines else message, fix=fix)
 
 
+class AdditivityError(ShapRewriteError):
+    """The self-check found attributions that do not add up (or an explainer failed)."""
+
+    exit_code = 7
+
+
 class OutputError(ShapRewriteError):
     """The output file could not be written where asked."""
 

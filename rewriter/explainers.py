@@ -57,6 +57,10 @@ def _captum_shapley_product(module, inputs, outputs, grad_input, grad_output, ep
     return module.shapley_multipliers(inputs, grad_output)
 
 
+# What this process added to each explainer's table, by class name (the rest is native).
+REGISTERED: dict[str, set[str]] = {"shap": set(), "captum": set()}
+
+
 def register_shap(deep_pytorch: ModuleType) -> list[str]:
     """Add the missing entries to SHAP's handler table; the class names added."""
     table = deep_pytorch.op_handler
@@ -65,6 +69,7 @@ def register_shap(deep_pytorch: ModuleType) -> list[str]:
     added = [name for name in rules if name not in table]
     for name in added:
         table[name] = rules[name]
+    REGISTERED["shap"].update(added)
     return added
 
 
@@ -76,6 +81,7 @@ def register_captum(deep_lift: ModuleType) -> list[str]:
     added = [cls for cls in rules if cls not in table]
     for cls in added:
         table[cls] = rules[cls]
+    REGISTERED["captum"].update(cls.__name__ for cls in added)
     return [cls.__name__ for cls in added]
 
 

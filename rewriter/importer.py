@@ -279,6 +279,9 @@ class Importer:
             if inp.name in initializers:
                 continue
             self.set_value(inp.name, self.graph.placeholder(self._unique_attr(sanitize(inp.name))))
+        self._batch_dims = {self.infos[i.name].shape[0] for i in graph.input
+                            if i.name not in initializers and self.infos.get(i.name, _UNKNOWN).shape}
+        self._symbolic_batch = any(isinstance(d, str) for d in self._batch_dims)
         for node in graph.node:
             self._convert(node, CONVERTERS[op_key(node.domain, node.op_type)])
         results = [self.materialize(self.values[o.name]) for o in graph.output]
@@ -290,6 +293,17 @@ class Importer:
         module = ExplainableModule(draft, draft.graph, class_name)
         module.eval()
         return module
+
+    def _describe(self, node: fx.Node, info: TensorInfo) -> None:
+        """Record the value's dtype, and whether its leading dim is the batch, for reports."""
+        node.meta.setdefault("dtype", info.dtype)
+        if not info.shape:
+            return
+        first = info.shape[0]
+        if first in self._batch_dims:
+            node.meta.setdefault("batch_leading", True)
+        elif isinstance(first, int) and self._symbolic_batch:
+            node.meta.setdefault("batch_leading", False)  # a fixed size where the batch belongs
 
     def _isolate_module_inputs(self) -> None:
         """Give each nonlinear module an input tensor of its own.
@@ -309,6 +323,7 @@ class Importer:
                 with self.graph.inserting_before(node):
                     private = self.graph.call_method("view_as", (source, source))
                     private.name = self.graph._graph_namespace.create_name(f"{node.target}_input", None)
+                    private.meta.update(source.meta)
                 node.replace_input_with(source, private)
 
     def _check_supported(self, converters: dict) -> None:
@@ -337,6 +352,8 @@ class Importer:
         for name, value in zip(outputs, result):
             if name:
                 self.set_value(name, value)
+                if isinstance(value, fx.Node):
+                    self._describe(value, self.infos.get(name, _UNKNOWN))
         for name in outputs[len(result):]:
             if name:
                 raise ConversionError(f"output '{name}' of the node is not supported",

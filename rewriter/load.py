@@ -67,11 +67,12 @@ def parse_onnx(data: bytes, origin: str = "input") -> onnx.ModelProto:
     return model
 
 
-def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
+def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, list[str]]]:
     """Check the model, inline its local functions, and give every node a readable unique name.
 
     Naming happens here, on the protobuf, because it reads exporter metadata that later
-    graph tooling does not keep.
+    graph tooling does not keep. Returns the new model and the reused torch modules found
+    (see :func:`rewriter.naming.assign_unique_names`).
     """
     model_copy = onnx.ModelProto()
     model_copy.CopyFrom(model)
@@ -83,5 +84,5 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
                          fix="repair or re-export the model; `python -m onnx.checker` shows details") from exc
     if model_copy.functions:
         model_copy = onnx.inliner.inline_local_functions(model_copy)
-    assign_unique_names(model_copy.graph)
-    return model_copy
+    reused = assign_unique_names(model_copy.graph)
+    return model_copy, reused

@@ -98,7 +98,7 @@ def _source(node: onnx.NodeProto, written: set[str]) -> _Source:
             or _Source("", node.name or node.op_type, False, True))
 
 
-def assign_unique_names(graph: onnx.GraphProto) -> None:
+def assign_unique_names(graph: onnx.GraphProto) -> dict[str, list[str]]:
     """Rename every node of ``graph`` in place to a readable name that no other node has.
 
     The node computing a call of a torch leaf module (``nn.ReLU``...) is named by the
@@ -106,6 +106,9 @@ def assign_unique_names(graph: onnx.GraphProto) -> None:
     (``nn.MultiheadAttention``), in which case the op is appended; a functional call is
     named by its container's path plus the op. Helper nodes an exporter adds around an op
     append their ONNX op type.
+
+    Returns the torch leaf modules called more than once (``self.relu`` reused across a
+    block), by module path, with the names of the nodes that now compute each call.
     """
     written = _fx_names_written(graph)
     sources = [_source(node, written) for node in graph.node]
@@ -130,3 +133,8 @@ def assign_unique_names(graph: onnx.GraphProto) -> None:
         counts[base] = k + 1
         taken.add(name)
         node.name = name
+    calls: dict[str, list[str]] = {}
+    for src, node in zip(sources, graph.node):
+        if src.leaf and src.main and src.path:
+            calls.setdefault(src.path, []).append(node.name)
+    return {path: names for path, names in calls.items() if len(names) > 1}

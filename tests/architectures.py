@@ -36,12 +36,13 @@ class BasicBlock(nn.Module):
 class ResNetStyle(nn.Module):
     """A small ResNet: stem with non-overlapping max pooling, three basic blocks, head."""
 
-    def __init__(self, num_classes: int = 5, width: int = 8) -> None:
+    def __init__(self, num_classes: int = 5, width: int = 8, overlapping_pool: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(2)
+        # torchvision's stem pools with overlapping windows, MaxPool2d(3, 2, 1).
+        self.maxpool = nn.MaxPool2d(3, 2, 1) if overlapping_pool else nn.MaxPool2d(2)
         self.layer1 = nn.Sequential(BasicBlock(width, width), BasicBlock(width, width))
         self.layer2 = nn.Sequential(BasicBlock(width, 2 * width, stride=2))
         self.avgpool = nn.AdaptiveAvgPool2d(1)

@@ -1,58 +1,26 @@
-"""Run the real explainers and measure how far their attributions are from additive."""
+"""Measure how far real explainers' attributions are from additive (see rewriter.check)."""
 
 from __future__ import annotations
 
-import warnings
-
-import numpy as np
-import torch
+from rewriter.check import captum_additivity_error, shap_additivity_error
 
 
-def _as_list(x):
-    return list(x) if isinstance(x, (list, tuple)) else [x]
+def _tuple(x) -> tuple:
+    return tuple(x) if isinstance(x, (list, tuple)) else (x,)
 
 
-def shap_relative_error(model: torch.nn.Module, background, inputs) -> float:
-    """Worst relative additivity error of shap.DeepExplainer over all outputs and rows:
-    ``max |sum(attributions) - (f(x) - E[f(background)])| / max |f(x) - E[f(background)]|``.
-    """
-    import shap
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        explainer = shap.DeepExplainer(model, background)
-        values = explainer.shap_values(inputs, check_additivity=False)
-    per_input = values if isinstance(inputs, list) else [values]
-    totals = sum(np.asarray(v).reshape(np.asarray(v).shape[0], -1, np.asarray(v).shape[-1]).sum(axis=1)
-                 for v in per_input)
-    with torch.no_grad():
-        out = model(*_as_list(inputs)).numpy()
-        base = model(*_as_list(background)).numpy().mean(0)
-    delta = out - base
-    return float(np.abs(totals - delta).max() / max(np.abs(delta).max(), 1e-12))
+def shap_relative_error(model, background, inputs) -> float:
+    """Worst relative additivity error of shap.DeepExplainer over all outputs and rows."""
+    return shap_additivity_error(model, _tuple(background), _tuple(inputs))
 
 
-def captum_relative_delta(model: torch.nn.Module, baselines, inputs) -> float:
+def captum_relative_delta(model, baselines, inputs) -> float:
     """Worst relative convergence delta of Captum DeepLift over all output targets."""
-    from captum.attr import DeepLift
-
-    inputs_t, baselines_t = tuple(_as_list(inputs)), tuple(_as_list(baselines))
-    with torch.no_grad():
-        n_out = model(*inputs_t).shape[1]
-        gap = (model(*inputs_t) - model(*baselines_t)).abs().max().item()
-    worst = 0.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        explainer = DeepLift(model)
-        for target in range(n_out):
-            _, delta = explainer.attribute(inputs_t, baselines=baselines_t, target=target,
-                                           return_convergence_delta=True)
-            worst = max(worst, delta.abs().max().item())
-    return worst / max(gap, 1e-12)
+    return captum_additivity_error(model, _tuple(baselines), _tuple(inputs))
 
 
 def shap_outcome(model, background, inputs) -> tuple[str, float | None]:
-    """("error", None) when shap raises, else ("ok", relative error)."""
+    """("error: ...", None) when shap raises, else ("ok", relative error)."""
     try:
         return "ok", shap_relative_error(model, background, inputs)
     except Exception as exc:  # the explainers raise many types; any is a failure here

@@ -1,0 +1,243 @@
+"""How each explainer will treat each node of a rewritten model, and the JSON report.
+
+Every call in the result's graph is classified:
+
+* ``linear``: linear in its input-dependent operands (conv, matmul with a constant, add,
+  reshape, pooling by average...): the gradient is the exact multiplier;
+* ``rescale``: a one-input elementwise module; ``native`` when the explainer ships the rule,
+  ``registered`` when ``rewriter.explainers`` added it;
+* ``maxpool``: a non-overlapping max pool (the explainers' own rule is exact);
+* ``product``: a Shapley product (registered rule);
+* ``no-gradient``: integer or boolean values (shapes, masks) that no attribution flows through;
+* ``approximate``, with a reason: anything else. The top-level ``approximate`` list names
+  these nodes; it is empty exactly when every explainer's attributions are exact.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import operator
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from passes import PassResult
+
+from . import explainers, functional, modules
+
+SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
+
+# Functions linear in every operand that depends on the input, when at most one does.
+_BILINEAR = {operator.mul, torch.mul, torch.matmul, torch.einsum, F.conv1d, F.conv2d, F.conv3d,
+             functional.onnx_div, operator.truediv}
+_LINEAR = {
+    operator.add, operator.sub, operator.neg, operator.getitem, torch.add, torch.sub, torch.cat, torch.stack,
+    torch.split, torch.flatten, torch.mean, torch.sum, torch.cumsum, torch.flip, torch.reshape, F.pad,
+    F.interpolate, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.batch_norm, torch.ones_like,
+    functional.onnx_reshape, functional.onnx_flatten, functional.onnx_expand, functional.onnx_unsqueeze,
+    functional.onnx_squeeze, functional.onnx_slice, functional.onnx_gather, functional.onnx_gather_elements,
+    functional.onnx_gather_nd, functional.onnx_scatter_nd, functional.onnx_scatter_elements, functional.onnx_split,
+    functional.onnx_split_to_sequence, functional.onnx_tile, functional.onnx_pad, functional.onnx_resize,
+    functional.onnx_depth_to_space, functional.onnx_space_to_depth, functional.onnx_trilu, functional.onnx_cumsum,
+    functional.onnx_avg_pool_padded, functional.pack_operands, functional.onnx_constant_of_shape,
+}
+_LINEAR_METHODS = {"reshape", "permute", "select", "squeeze", "unsqueeze", "view_as", "t", "flatten", "expand",
+                   "transpose", "contiguous"}
+# Values that carry no information about the input's values.
+_VALUE_FREE_FUNCTIONS = {functional.onnx_shape, functional.onnx_size, functional.onnx_dims, functional.onnx_range,
+                         functional.onnx_trunc_div, functional.onnx_sequence_length, torch.ones_like}
+_VALUE_FREE_METHODS = {"size"}
+_DISCRETE = {torch.argmax: "arg max", torch.argmin: "arg min", functional.onnx_topk: "top-k selection",
+             functional.onnx_nonzero: "non-zero positions", torch.where: "selection by an input-dependent mask"}
+
+
+def _is_float_node(node: fx.Node) -> bool:
+    value = node.meta.get("dtype")
+    return value is None or value.is_floating_point
+
+
+def _explainer_tables() -> dict[str, tuple]:
+    """Installed explainers: (rule table, key of a module, our additions)."""
+    tables = {}
+    if importlib.util.find_spec("shap") is not None:
+        deep = importlib.import_module(explainers.SHAP_MODULE)
+        tables["shap"] = (deep.op_handler, lambda cls: cls.__name__)
+    if importlib.util.find_spec("captum") is not None:
+        deep = importlib.import_module(explainers.CAPTUM_MODULE)
+        tables["captum"] = (deep.SUPPORTED_NON_LINEAR, lambda cls: cls)
+    return tables
+
+
+def _module_treatment(module: nn.Module, explainer: str, table: dict, key) -> tuple[str, str | None]:
+    cls = type(module)
+    if modules.is_linear_layer(module):
+        return "linear", None
+    if isinstance(module, modules.ShapleyProduct):
+        return ("product", None) if key(cls) in table else ("approximate", f"{explainer} has no product rule")
+    if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
+        overlapping = module.kernel_size != module.stride or module.padding not in (0, (0,) * 3, (0, 0)) \
+            or module.ceil_mode
+        return ("approximate", "overlapping max pooling") if overlapping else ("maxpool", None)
+    if cls in explainers.RESCALE_MODULES:
+        if key(cls) not in table:
+            return "approximate", f"{explainer} has no rule for {cls.__name__}"
+        origin = "registered" if cls.__name__ in explainers.REGISTERED.get(explainer, ()) else "native"
+        return f"rescale ({origin})", None
+    if isinstance(module, nn.Softmax) and explainer == "shap":
+        return "rescale (native)", None  # shap's per-element rule on softmax is additive
+    return "approximate", f"{explainer} has no exact rule for {cls.__name__}"
+
+
+def _varying(graph: fx.Graph) -> set[fx.Node]:
+    """fx nodes whose values depend on the model's inputs."""
+    varying: set[fx.Node] = set()
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            varying.add(node)
+        elif node.op in ("call_function", "call_method", "call_module"):
+            if (node.op == "call_function" and node.target in _VALUE_FREE_FUNCTIONS) or \
+                    (node.op == "call_method" and node.target in _VALUE_FREE_METHODS):
+                continue
+            if any(a in varying for a in node.all_input_nodes):
+                varying.add(node)
+    return varying
+
+
+def _call_treatment(node: fx.Node, varying: set[fx.Node]) -> tuple[str, str | None]:
+    target = node.target
+    if node not in varying or not _is_float_node(node):
+        return "no-gradient", None
+    operands = [a for a in node.all_input_nodes if a in varying]
+    if node.op == "call_method":
+        if target in _LINEAR_METHODS or (target == "to" and _is_float_node(node)):
+            return "linear", None
+        return "approximate", f"method {target}"
+    if target in _DISCRETE and len(operands) > (1 if target is torch.where else 0):
+        if target is torch.where and node.args and node.args[0] not in varying:
+            return "linear", None
+        return "approximate", _DISCRETE[target]
+    if target in _LINEAR:
+        return "linear", None
+    if target in _BILINEAR:
+        if len(operands) <= 1 and not (target in (operator.truediv, functional.onnx_div)
+                                       and len(node.args) > 1 and node.args[1] in varying):
+            return "linear", None
+        return "approximate", "product of two input-dependent tensors kept as is (shapes not static, or batch not leading)"
+    name = getattr(target, "__name__", str(target))
+    return "approximate", f"no exact rule for {name}"
+
+
+def classify(module: fx.GraphModule) -> list[dict]:
+    """One entry per call in ``module``'s graph: its kind per installed explainer."""
+    tables = _explainer_tables()
+    varying = _varying(module.graph)
+    entries = []
+    for node in module.graph.nodes:
+        if node.op not in ("call_module", "call_function", "call_method"):
+            continue
+        entry: dict = {"node": node.name}
+        if node.op == "call_module":
+            sub = module.get_submodule(node.target)
+            entry["module"] = type(sub).__name__
+            for explainer, (table, key) in tables.items():
+                kind, reason = _module_treatment(sub, explainer, table, key)
+                entry[explainer] = kind if reason is None else {"kind": kind, "reason": reason}
+            batch_reason = _batch_not_leading(node)
+            if batch_reason and not modules.is_linear_layer(sub):
+                for explainer in tables:
+                    entry[explainer] = {"kind": "approximate", "reason": batch_reason}
+        else:
+            target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+            entry["function"] = target
+            kind, reason = _call_treatment(node, varying)
+            for explainer in tables:
+                entry[explainer] = kind if reason is None else {"kind": kind, "reason": reason}
+        entries.append(entry)
+    return entries
+
+
+def _batch_not_leading(node: fx.Node) -> str | None:
+    """Explainers pair row i with row i + n/2 of a module's input: dim 0 must be the batch."""
+    source = node.args[0] if node.args else None
+    if isinstance(source, fx.Node) and source.meta.get("batch_leading") is False:
+        return "the batch is not the leading dim of the module's input"
+    return None
+
+
+def approximate_nodes(entries: list[dict]) -> list[str]:
+    return [e["node"] for e in entries
+            if any(isinstance(v, dict) and v.get("kind") == "approximate" for v in e.values())]
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in ("shaprewrite", "torch", "onnx", "onnxruntime", "onnxscript", "onnx_graphsurgeon", "shap",
+                    "captum", "numpy"):
+        try:
+            found[package] = importlib.metadata.version(package.replace("_", "-"))
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def load_schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+@dataclass
+class RewriteReport:
+    """What a rewrite did and whether the explanations that follow can be trusted.
+
+    ``as_dict()`` gives the JSON document described by ``report.schema.json``.
+    """
+
+    source: str
+    exporter: str | None = None
+    exporter_fallback_reason: str | None = None
+    unshared_modules: dict[str, list[str]] = field(default_factory=dict)
+    passes: list[PassResult] = field(default_factory=list)
+    verification: list[dict] = field(default_factory=list)
+    nodes: list[dict] = field(default_factory=list)
+    unsupported: dict[str, str] = field(default_factory=dict)
+    check: dict[str, float | str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def approximate(self) -> list[str]:
+        return approximate_nodes(self.nodes)
+
+    @property
+    def verified(self) -> bool:
+        return bool(self.verification) and all(d["ok"] for d in self.verification)
+
+    def as_dict(self) -> dict:
+        def error(explainer: str) -> float | None:
+            value = self.check.get(explainer)
+            return value if isinstance(value, float) else None
+
+        return {
+            "tool": "shaprewrite",
+            "versions": versions(),
+            "source": self.source,
+            "exporter": self.exporter,
+            "exporter_fallback_reason": self.exporter_fallback_reason,
+            "unshared_modules": self.unshared_modules,
+            "passes": [{**p.as_dict(), "count": p.count} for p in self.passes],
+            "verification": {"verified": self.verified, "checks": self.verification},
+            "unsupported": self.unsupported,
+            "nodes": self.nodes,
+            "approximate": self.approximate,
+            "exact": not self.approximate and not self.unsupported,
+            "shap_additivity_error": error("shap"),
+            "captum_additivity_error": error("captum"),
+            "check": self.check,
+            "timings": self.timings,
+        }

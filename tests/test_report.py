@@ -1,0 +1,123 @@
+"""The report: what was changed, how each explainer treats each node, and the self-check."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import jsonschema
+import onnx
+import pytest
+import torch
+from architectures import ResNetStyle, randomize_batchnorm
+from onnx import TensorProto, helper
+from onnx_graphs import model as onnx_model
+from torch import nn
+
+from rewriter import inspect, rewrite
+from rewriter.report import load_schema
+
+CLI = [sys.executable, "-m", "rewriter.cli"]
+
+
+class SignFlip(nn.Module):
+    """``where(x > 0.5, x, -x)``: a selection by an input-dependent mask has no exact rule."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        return self.fc2(torch.where(h > 0.5, h, -h))
+
+
+@pytest.fixture(scope="module")
+def resnet_report():
+    model = randomize_batchnorm(ResNetStyle(overlapping_pool=True))
+    _, report = rewrite(model, torch.randn(4, 3, 16, 16), report=True, check=True)
+    return report.as_dict()
+
+
+def test_report_validates_against_the_schema(resnet_report):
+    jsonschema.validate(resnet_report, load_schema())
+
+
+def test_report_lists_unshared_activations_and_the_maxpool_rewrite(resnet_report):
+    assert resnet_report["unshared_modules"]["layer1.0.relu"] == ["layer1_0_relu", "layer1_0_relu_1"]
+    assert set(resnet_report["unshared_modules"]) == {"layer1.0.relu", "layer1.1.relu", "layer2.0.relu"}
+    trees = next(p for p in resnet_report["passes"] if p["pass"] == "maxima_as_relu_trees")
+    assert trees["removed"] == ["maxpool"] and trees["count"] > 8
+    nodes = {n["node"]: n for n in resnet_report["nodes"]}
+    assert nodes["layer1_0_relu_1"]["shap"] == "rescale (native)"
+    assert nodes["maxpool_max0_0"]["captum"] == "rescale (native)"
+    assert resnet_report["approximate"] == [] and resnet_report["exact"]
+
+
+def test_check_records_additivity(resnet_report):
+    assert resnet_report["shap_additivity_error"] < 1e-4
+    assert resnet_report["captum_additivity_error"] < 1e-4
+    assert resnet_report["verification"]["verified"]
+
+
+def test_approximate_nodes_are_named():
+    _, report = rewrite(SignFlip().eval(), torch.randn(3, 4), report=True)
+    document = report.as_dict()
+    jsonschema.validate(document, load_schema())
+    where = [n for n in document["nodes"] if n.get("function") == "where"]
+    assert where and document["approximate"] == [where[0]["node"]]
+    assert "mask" in where[0]["shap"]["reason"]
+    assert not document["exact"]
+
+
+@pytest.fixture(scope="module")
+def resnet_onnx(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "resnet.onnx"
+    model = randomize_batchnorm(ResNetStyle(overlapping_pool=True))
+    torch.onnx.export(model, (torch.randn(2, 3, 16, 16),), dynamo=True, verbose=False,
+                      dynamic_shapes=({0: torch.export.Dim("batch")},)).save(str(path))
+    return path
+
+
+def test_cli_check_passes_and_writes_the_report(resnet_onnx, tmp_path):
+    out, report_path = tmp_path / "m.pt", tmp_path / "m.json"
+    result = subprocess.run([*CLI, str(resnet_onnx), str(out), "--dim", "batch=4", "--check", "--report",
+                             str(report_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "exactness: exact" in result.stderr and "self-check: shap" in result.stderr
+    document = json.loads(report_path.read_text())
+    jsonschema.validate(document, load_schema())
+    assert document["shap_additivity_error"] < 1e-4 and out.exists()
+
+
+def test_cli_check_fails_below_the_measured_error(resnet_onnx, tmp_path):
+    out = tmp_path / "m.pt"
+    result = subprocess.run([*CLI, str(resnet_onnx), str(out), "--dim", "batch=4", "--check", "--threshold",
+                             "1e-12", "--json", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 7, result.stderr
+    assert "self-check failed" in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
+    document = json.loads(result.stdout)
+    assert document["shap_additivity_error"] > 1e-12
+
+
+def test_inspect_names_unsupported_ops(tmp_path):
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="fine"),
+             helper.make_node("Hardmax", ["r"], ["y"], name="the_hardmax")]
+    path = tmp_path / "unsupported.onnx"
+    onnx.save(onnx_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])]), path)
+    result = subprocess.run([*CLI, "inspect", str(path), "--json"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 4
+    assert "Hardmax" in result.stderr and "the_hardmax" in result.stderr
+    document = json.loads(result.stdout)
+    assert document["unsupported"] == {"Hardmax": "the_hardmax"}
+    jsonschema.validate(document, load_schema())
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_inspect_reports_without_a_model(resnet_onnx):
+    report = inspect(resnet_onnx)
+    assert any(p.name == "maxima_as_relu_trees" and p.count for p in report.passes)
+    assert report.nodes and not report.verification and not report.approximate
