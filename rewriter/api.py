@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -18,16 +19,26 @@ from passes.graph import inferred_types
 from passes.precision import half_precision_type, upcast_model
 
 from .check import self_check
-from .errors import InputError, UnsupportedOpError
+from .errors import (
+    AdditivityError,
+    ConversionError,
+    ExportError,
+    InputError,
+    ShapRewriteError,
+    UnsupportedOpError,
+    VerificationError,
+)
 from .export import export_module
 from .importer import import_onnx
 from .load import normalize, parse_onnx, read_onnx
 from .naming import sanitize
 from .onnx_values import ONNX_TO_TORCH_DTYPE
 from .report import RewriteReport, classify
-from .verify import Reference, Tolerance, onnx_runner, other_batch, torch_runner, verify
+from .result import ExplainableModule
+from .verify import Reference, Tolerance, as_list, onnx_runner, other_batch, torch_runner, verify
 
 _HALF = (torch.float16, torch.bfloat16)
+_MAX_CHECK_ELEMENTS = 2**27  # 512 MiB of float32 per input
 ModelSource = nn.Module | onnx.ModelProto | str | os.PathLike | bytes
 Progress = Callable[[str], None]
 
@@ -57,6 +68,9 @@ def _random_inputs(model: onnx.ModelProto, dims: Mapping[str, int]) -> tuple[tor
             else:
                 missing.append(f"'{d.dim_param or '?'}' (input '{vi.name}', axis {axis})")
                 shape.append(1)
+        if math.prod(shape) > _MAX_CHECK_ELEMENTS:
+            raise InputError(f"graph input '{vi.name}' declares {shape}, too large to build check inputs for",
+                             fix="give smaller sizes for its dynamic dims (--dim NAME=SIZE) or pass example inputs")
         if dtype.is_floating_point:
             inputs.append(torch.randn(shape, generator=generator).to(dtype))
         elif dtype == torch.bool:
@@ -170,6 +184,17 @@ def _class_name(name: str) -> str:
     return name if name.isidentifier() else (sanitize(name) if name else "ExplainableModel")
 
 
+_REPORT_IT = "if the model is valid ONNX, report this as a bug with the model attached"
+_STAGE_ERRORS = {
+    "export": (ExportError, "check that the model runs on the example inputs"),
+    "load": (InputError, "check that the file is a valid ONNX model"),
+    "passes": (ConversionError, _REPORT_IT),
+    "import": (ConversionError, _REPORT_IT),
+    "verify": (VerificationError, _REPORT_IT),
+    "check": (AdditivityError, _REPORT_IT),
+}
+
+
 class _Clock:
     """Times each stage and announces it to ``progress``."""
 
@@ -179,9 +204,19 @@ class _Clock:
 
     @contextlib.contextmanager
     def stage(self, key: str, message: str):
+        """Time the stage; an unexpected exception inside becomes the stage's typed error."""
         self.say(message)
         start = time.perf_counter()
-        yield
+        try:
+            yield
+        except ShapRewriteError:
+            raise
+        except MemoryError as exc:
+            raise InputError(f"ran out of memory while {message}", fix="give smaller example inputs or dims") from exc
+        except Exception as exc:  # malformed input that passed the checks, or a bug: typed either way
+            error, fix = _STAGE_ERRORS[key]
+            raise error(f"failed while {message}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}",
+                        fix=fix) from exc
         self.timings[key] = time.perf_counter() - start
 
 
@@ -228,20 +263,26 @@ def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str
         rewriter.errors.ShapRewriteError: a subclass naming what failed and the fix.
     """
     clock = _Clock(progress)
-    source = _read(model, tuple(example_inputs), dims, exporter, opset, clock)
-    info = source.report
-    module = _passes_and_import(source, dynamic_batch, clock)
-    with clock.stage("verify", "verifying against the source"):
+    if isinstance(model, ExplainableModule):
+        # Already rewritten: the passes have nothing left to do; return a verified copy.
+        module, info = copy.deepcopy(model), RewriteReport("torch")
+        inputs, references = tuple(example_inputs), [Reference("model", torch_runner(model))]
+        output_names, extra_rows = [f"output_{i}" for i in range(len(as_list(model(*inputs))))], 1
+    else:
+        source = _read(model, tuple(example_inputs), dims, exporter, opset, clock)
+        info, inputs, references = source.report, source.inputs, source.references
+        module = _passes_and_import(source, dynamic_batch, clock)
+        output_names = _output_names(source.proto)
         extra_rows = _extra_rows(source.proto, info.passes) if info.source == "onnx" else 1
-        info.verification = verify(module, source.references, source.inputs, _output_names(source.proto),
-                                   Tolerance(atol, rtol), extra_rows)
+    with clock.stage("verify", "verifying against the source"):
+        info.verification = verify(module, references, inputs, output_names, Tolerance(atol, rtol), extra_rows)
     info.nodes = classify(module)
     if check:
         with clock.stage("check", "checking additivity with the explainers"):
             background = _as_tuple(check_background) if check_background is not None else \
-                other_batch(source.inputs, max(8 - len(source.inputs[0]), 0))[:8]
-            inputs = _as_tuple(check_inputs) if check_inputs is not None else tuple(t[:3] for t in source.inputs)
-            info.check = self_check(module, background, inputs)
+                tuple(t[:8] for t in other_batch(inputs, max(8 - len(inputs[0]), 0)))
+            rows = _as_tuple(check_inputs) if check_inputs is not None else tuple(t[:3] for t in inputs)
+            info.check = self_check(module, background, rows)
     info.timings = clock.timings
     return (module, info) if report else module
 

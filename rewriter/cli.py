@@ -94,7 +94,11 @@ def build_inspect_parser() -> argparse.ArgumentParser:
 def write_atomically(write, output: Path) -> None:
     """Write through ``write(handle)`` to a temporary file beside ``output``, then rename it
     into place: readers never see half a file, a failure leaves nothing behind."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write in '{output.parent}': {exc.strerror or exc}",
+                          fix="choose a writable directory") from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)

@@ -126,6 +126,21 @@ def _export_torchscript(model: nn.Module, inputs: tuple, names: list[str], opset
     return onnx.load_from_string(buffer.getvalue())
 
 
+def _check_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+    """The model must run on the inputs and return a tensor or a tuple/list of tensors."""
+    try:
+        with torch.no_grad():
+            out = model(*inputs)
+    except Exception as exc:  # whatever the model raises
+        raise ExportError(f"the model fails on the example inputs: {_first_line(exc)}",
+                          fix="pass example inputs the model accepts (batch dim first)") from exc
+    if isinstance(out, torch.Tensor) or (isinstance(out, (tuple, list)) and out
+                                         and all(isinstance(o, torch.Tensor) for o in out)):
+        return
+    raise ExportError(f"forward() returns {type(out).__name__}, not a tensor or a tuple of tensors",
+                      fix="wrap the model so forward() returns the tensors to explain")
+
+
 _EXPORTERS = {DYNAMO: _export_dynamo, TORCHSCRIPT: _export_torchscript}
 
 
@@ -144,6 +159,7 @@ def export_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], *, exporte
     if bad or not inputs:
         raise ExportError("example inputs must be one or more torch.Tensor values",
                           fix="call rewrite(model, x) or rewrite(model, x1, x2) with tensors")
+    _check_outputs(model, inputs)
     names = input_names_for(model, len(inputs))
     inputs = at_least_batch_two(inputs)
     order = [DYNAMO, TORCHSCRIPT] if exporter == "auto" else [exporter]

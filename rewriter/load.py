@@ -76,6 +76,11 @@ def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, list[s
     """
     model_copy = onnx.ModelProto()
     model_copy.CopyFrom(model)
+    newest = onnx.defs.onnx_opset_version()
+    for opset in model_copy.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version > newest:
+            raise InputError(f"the model uses ONNX opset {opset.version}; this installation knows opsets up to {newest}",
+                             fix="re-export the model with an older opset, or upgrade onnx and onnxruntime")
     try:
         onnx.checker.check_model(model_copy)
     except (onnx.checker.ValidationError, ValueError) as exc:

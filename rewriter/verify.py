@@ -18,6 +18,7 @@ integer   0         0
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -26,7 +27,7 @@ import numpy as np
 import onnx
 import torch
 
-from .errors import InputError, VerificationError
+from .errors import InputError, ShapRewriteError, VerificationError
 
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.float64: (1e-7, 1e-6),
@@ -83,22 +84,31 @@ def torch_runner(model: torch.nn.Module, float_dtype: torch.dtype | None = None)
 
 
 def onnx_runner(model: onnx.ModelProto) -> Runner:
-    """Run ``model`` with onnxruntime; a fixed leading dim is honoured by running in chunks."""
+    """Run ``model`` with onnxruntime; a fixed leading dim is honoured by running in chunks.
+
+    The session is created at the first run, so problems the import can name precisely
+    (an unsupported op) are reported before onnxruntime's view of them.
+    """
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise InputError(f"onnxruntime cannot load the source model, so the rewrite cannot be verified: "
-                         f"{str(exc).strip().splitlines()[0][:300]}",
-                         fix="check that the model runs in onnxruntime") from exc
-    names = [i.name for i in session.get_inputs()]
-    fixed = [i.shape[0] if i.shape and isinstance(i.shape[0], int) else None for i in session.get_inputs()]
-    dtypes = [_NUMPY_TYPES.get(i.type) for i in session.get_inputs()]
+    ort.set_default_logger_severity(3)  # failures surface as our typed errors, not log lines
+
+    @functools.cache
+    def session() -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise InputError(f"onnxruntime cannot load the source model, so the rewrite cannot be verified: "
+                             f"{str(exc).strip().splitlines()[0][:300]}",
+                             fix="check that the model runs in onnxruntime") from exc
 
     def run(inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        declared = session().get_inputs()
+        names = [i.name for i in declared]
+        fixed = [i.shape[0] if i.shape and isinstance(i.shape[0], int) else None for i in declared]
+        dtypes = [_NUMPY_TYPES.get(i.type) for i in declared]
         chunk = next((f for f in fixed if f), None)
         batch = inputs[0].shape[0] if inputs and inputs[0].dim() else 1
         step = chunk if chunk and batch % chunk == 0 else batch
@@ -106,7 +116,7 @@ def onnx_runner(model: onnx.ModelProto) -> Runner:
         for start in range(0, batch, step):
             feed = {n: _as_numpy(t[start:start + step] if f else t, d)
                     for n, t, f, d in zip(names, inputs, fixed, dtypes)}
-            pieces.append(session.run(None, feed))
+            pieces.append(session().run(None, feed))
         return [torch.from_numpy(np.concatenate([p[k] for p in pieces]) if len(pieces) > 1 else pieces[0][k])
                 for k in range(len(pieces[0]))]
     return run
@@ -169,6 +179,23 @@ def compare(result: list[torch.Tensor], reference: list[torch.Tensor], names: Se
     return diffs
 
 
+def _run_reference(label: str, reference: Runner, inputs: tuple, batch: int, output_names: Sequence[str]):
+    try:
+        want = reference(inputs)
+    except ShapRewriteError:
+        raise
+    except Exception as exc:  # the source rejects the check inputs
+        raise InputError(f"the source model ({label}) failed on check inputs of batch {batch}: "
+                         f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}",
+                         fix="give example inputs of the shapes and types the model expects") from exc
+    bad = [n for n, w in zip(output_names, want) if w.is_floating_point() and not torch.isfinite(w).all()]
+    if bad:
+        raise VerificationError(f"the source model outputs NaN or Inf in {', '.join(bad)} on the check "
+                                "inputs, so the rewrite cannot be verified", [],
+                                fix="give example inputs on which the model produces finite outputs")
+    return want
+
+
 def verify(result_model: torch.nn.Module, references: Sequence[Reference], inputs: Sequence[torch.Tensor],
            output_names: Sequence[str], tolerance: Tolerance = Tolerance(), extra_rows: int = 1) -> list[dict]:
     """Compare ``result_model`` with each reference on ``inputs`` and on a second
@@ -183,6 +210,9 @@ def verify(result_model: torch.nn.Module, references: Sequence[Reference], input
     diffs: list[dict] = []
     for batch_inputs in (tuple(inputs), other_batch(inputs, extra_rows)):
         batch = batch_inputs[0].shape[0] if batch_inputs and batch_inputs[0].dim() else 1
+        # The sources first: when they reject the inputs, the inputs are at fault.
+        wanted = [(label, _run_reference(label, reference, batch_inputs, batch, output_names), precision)
+                  for label, reference, precision in references]
         try:
             got = run(batch_inputs)
         except Exception as exc:
@@ -190,13 +220,7 @@ def verify(result_model: torch.nn.Module, references: Sequence[Reference], input
                                     f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}", [],
                                     fix="the model may depend on a fixed batch size; pass dynamic_batch=False "
                                         "(CLI --static-batch) or re-export with a dynamic batch dim") from exc
-        for label, reference, precision in references:
-            want = reference(batch_inputs)
-            bad = [n for n, w in zip(output_names, want) if w.is_floating_point() and not torch.isfinite(w).all()]
-            if bad:
-                raise VerificationError(f"the source model outputs NaN or Inf in {', '.join(bad)} on the check "
-                                        "inputs, so the rewrite cannot be verified", [],
-                                        fix="give example inputs on which the model produces finite outputs")
+        for label, want, precision in wanted:
             diffs.extend({**d, "reference": label}
                          for d in compare(got, want, output_names, batch, tolerance, precision))
     if not all(d["ok"] for d in diffs):
