@@ -28,3 +28,6 @@ lint: install
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
+
+bench: install
+	$(BIN)/python benchmarks/run.py

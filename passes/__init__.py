@@ -14,7 +14,7 @@ from .cleanup import drop_identities, remove_dead_nodes
 from .constants import fold_constants
 from .functions import attach_functions
 from .graph import refresh_shapes
-from .maxima import maxima_as_relu_trees
+from .maxima import exact_maxima
 from .normalization import decompose_normalization, decompose_softmax
 from .precision import upcast_half_precision
 from .products import shapley_products
@@ -30,7 +30,7 @@ PIPELINE: list[GraphPass] = [
     decompose_activations,
     decompose_normalization,
     decompose_softmax,
-    maxima_as_relu_trees,
+    exact_maxima,
     shapley_products,
 ]
 

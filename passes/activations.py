@@ -240,22 +240,29 @@ def _fused_name(nodes: list[gs.Node]) -> str:
 def fuse_activations(graph: gs.Graph, options: PassOptions) -> PassResult:
     """Replace split activations (GELU, SiLU, Mish, HardSwish, Softplus, Softsign) by one node."""
     result = PassResult("fuse_activations")
+    consumed: set[int] = set()  # pattern nodes already replaced (dead until the cleanup)
+    fused: list[tuple[gs.Node, str]] = []
     for fuse in _FUSIONS:
         for node in list(graph.nodes):
-            match = fuse(node) if node in graph.nodes else None
-            if match is None:
+            match = None if id(node) in consumed else fuse(node)
+            if match is None or any(id(n) in consumed for n in match[3]):
                 continue
             x, op, attrs, pattern = match
-            name = _fused_name(pattern)
-            fused = gs.Node(op, f"{name}__fusing", attrs, [x], [replace_output(pattern[-1])],
-                            domain=None if op in _STANDARD else DOMAIN)
-            graph.nodes.append(fused)
-            before = {n.name for n in graph.nodes}
-            graph.cleanup()  # the pattern's nodes go, unless something else reads them
-            result.removed.extend(sorted(before - {n.name for n in graph.nodes}))
-            # Named only now, so it can take the name of the pattern node it replaces.
-            fused.name = unique_node_name(graph, name)
-            result.added.append(fused.name)
+            consumed.update(id(n) for n in pattern)
+            node = gs.Node(op, f"{_fused_name(pattern)}__fused", attrs, [x], [replace_output(pattern[-1])],
+                           domain=None if op in _STANDARD else DOMAIN)
+            graph.nodes.append(node)
+            fused.append((node, _fused_name(pattern)))
+    if not fused:
+        return result
+    before = [n.name for n in graph.nodes]
+    graph.cleanup()  # the patterns' nodes go, unless something else reads them
+    after = {n.name for n in graph.nodes}
+    result.removed = [name for name in before if name not in after and not name.endswith("__fused")]
+    # Named only now, so each can take the name of the pattern node it replaces.
+    for node, name in fused:
+        node.name = unique_node_name(graph, name)
+        result.added.append(node.name)
     return result
 
 
@@ -343,9 +350,12 @@ _DECOMPOSED = {"Selu", "Celu", "Clip", "HardSigmoid", "PRelu", "Abs"}
 
 
 def decompose_activations(graph: gs.Graph, options: PassOptions) -> PassResult:
-    """Write SELU, CELU, Clip (ReLU6, Hardtanh), HardSigmoid, PReLU and Abs with ReLU/ELU."""
+    """Write SELU, CELU, HardSigmoid, PReLU, Abs (and, when asked, Clip: ReLU6, Hardtanh)
+    with ReLU/ELU."""
     result = PassResult("decompose_activations")
     for node in list(graph.nodes):
+        if node.op == "Clip" and not options.decompose_clips:
+            continue
         added = _decompose(graph, node)
         if added is not None:
             result.removed.append(node.name)

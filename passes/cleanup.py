@@ -33,6 +33,7 @@ def drop_identities(graph: gs.Graph, options: PassOptions) -> PassResult:
     the producer takes the plain name (``elu_elu`` becomes ``elu``).
     """
     result = PassResult("drop_identities")
+    dropped: set[int] = set()
     for node in list(graph.nodes):
         if not _passes_through(node) or node.outputs[0] in graph.outputs:
             continue
@@ -43,11 +44,12 @@ def drop_identities(graph: gs.Graph, options: PassOptions) -> PassResult:
                     consumer.inputs[i] = source
         node.inputs.clear()
         node.outputs.clear()
-        graph.nodes.remove(node)
+        dropped.add(id(node))
         result.removed.append(node.name)
         upstream = producer(source)
         if upstream is not None and upstream.name.startswith(node.name + "_") and len(source.outputs) == 1:
             upstream.name = node.name
+    graph.nodes = [n for n in graph.nodes if id(n) not in dropped]
     return result
 
 

@@ -7,8 +7,6 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .base import unique_node_name
-
 # Fused ops that ONNX has no standard op for (or not at every opset) live in this domain,
 # each as a model-local function (see passes/functions.py).
 DOMAIN = "shaprewrite"
@@ -107,15 +105,23 @@ class Builder:
     def __init__(self, graph: gs.Graph, base: str, dtype=np.float32) -> None:
         self.graph, self.base, self.dtype = graph, base, dtype
         self.added: list[str] = []
+        self._taken = {n.name for n in graph.nodes}
+
+    def _name(self, wanted: str) -> str:
+        name, k = wanted, 1
+        while name in self._taken:
+            name = f"{wanted}_{k}"
+            k += 1
+        self._taken.add(name)
+        return name
 
     def const(self, value, suffix: str) -> gs.Constant:
-        name = unique_node_name(self.graph, f"{self.base}_{suffix}")
-        return gs.Constant(name, np.asarray(value, dtype=self.dtype))
+        return gs.Constant(self._name(f"{self.base}_{suffix}"), np.asarray(value, dtype=self.dtype))
 
     def node(self, op: str, inputs: Sequence[gs.Tensor], suffix: str, attrs: dict | None = None,
              output: gs.Variable | None = None, domain: str | None = None) -> gs.Variable:
         """Add ``op`` named ``<base>_<suffix>`` (``<base>`` for an empty suffix); its output."""
-        name = unique_node_name(self.graph, f"{self.base}_{suffix}" if suffix else self.base)
+        name = self._name(f"{self.base}_{suffix}" if suffix else self.base)
         out = output if output is not None else gs.Variable(f"{name}_out", dtype=self.dtype)
         self.graph.nodes.append(gs.Node(op, name, attrs or {}, list(inputs), [out], domain=domain))
         self.added.append(name)
@@ -126,8 +132,7 @@ class Builder:
         """A Reduce* node; axes are an input from opset 18 (13 for ReduceSum), else an attribute."""
         since = 13 if op == "ReduceSum" else 18
         if (self.graph.opset or 0) >= since:
-            axes_tensor = gs.Constant(unique_node_name(self.graph, f"{self.base}_{suffix}_axes"),
-                                      np.asarray(list(axes), dtype=np.int64))
+            axes_tensor = self._ints(list(axes), f"{suffix}_axes")
             return self.node(op, [x, axes_tensor], suffix, {"keepdims": keepdims})
         return self.node(op, [x], suffix, {"axes": list(axes), "keepdims": keepdims})
 
@@ -137,7 +142,7 @@ class Builder:
         return self.node("Slice", [x, *ints], suffix)
 
     def _ints(self, values: Sequence[int], suffix: str) -> gs.Constant:
-        return gs.Constant(unique_node_name(self.graph, f"{self.base}_{suffix}"), np.asarray(values, dtype=np.int64))
+        return gs.Constant(self._name(f"{self.base}_{suffix}"), np.asarray(values, dtype=np.int64))
 
     def max_of(self, a: gs.Tensor, b: gs.Tensor, suffix: str) -> gs.Variable:
         """``max(a, b) = a + Relu(b - a)``: exact under DeepLIFT, one ReLU module."""

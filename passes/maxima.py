@@ -1,11 +1,19 @@
-"""Maxima as trees of ReLUs: ``max(a, b) = a + Relu(b - a)`` is exact under DeepLIFT.
+"""Maxima the explainers handle exactly: trees of ReLUs, or non-overlapping max pools.
 
-SHAP's and Captum's max-pool rule routes each window's change through the position of its
-maximum; that is exact only when windows do not overlap (kernel == stride, no padding).
-Overlapping max pooling (ResNet's stem, DenseNet, GoogLeNet, SqueezeNet, AlexNet) becomes
-a tree over the window's strided slices; ReduceMax and elementwise Max/Min of two
-input-dependent tensors become trees too. Padding replicates the edge instead of using
--inf: every window still holds the real element it copies, so the maximum is unchanged.
+SHAP's and Captum's max-pool rule routes each window's change through the positions of
+its maxima (for the input and for the reference); that is exact only when windows do not
+overlap (kernel == stride, no padding). Overlapping max pooling (ResNet's stem, DenseNet,
+GoogLeNet, SqueezeNet, AlexNet) becomes a tree ``max(a, b) = a + Relu(b - a)`` over the
+window's strided slices, and so do elementwise Max/Min of input-dependent tensors.
+ReduceMax/ReduceMin over static axes (softmax's shift) become one max pool whose windows
+are exactly the reduced elements: non-overlapping, so the explainers' own rule is exact,
+with one module where a tree over a long axis would need many.
+
+(Measured on a ResNet-18 stem, laying overlapping windows side by side for one
+non-overlapping pool made the forward pass 1.2x slower than the tree and SHAP no faster.)
+
+Padding replicates the edge instead of using -inf: every window still holds the real
+element it copies, so the maximum is unchanged.
 """
 
 from __future__ import annotations
@@ -107,8 +115,9 @@ def _maxpool_tree(graph: gs.Graph, node: gs.Node) -> list[str] | None:
     return b.added
 
 
-def _reduce_tree(graph: gs.Graph, node: gs.Node) -> list[str] | None:
-    """ReduceMax/ReduceMin over static axes: halve each axis level by level (one ReLU per level)."""
+def _reduce_as_pool(graph: gs.Graph, node: gs.Node) -> list[str] | None:
+    """ReduceMax/ReduceMin over static axes: one non-overlapping max pool over the reduced
+    elements moved last (``min x = -max(-x)``), so the explainers' own rule is exact."""
     x = node.inputs[0]
     if x.shape is None or not is_float(x):
         return None
@@ -120,27 +129,22 @@ def _reduce_tree(graph: gs.Graph, node: gs.Node) -> list[str] | None:
     if axes is None or len(axes) == 0:
         return None
     axes = sorted(a + rank if a < 0 else a for a in axes)
-    if 0 in axes or not all(isinstance(x.shape[a], int) for a in axes):
-        return None  # reducing over the batch, or over a dynamic axis
-    combine = _max if node.op == "ReduceMax" else _min
+    kept = [a for a in range(1, rank) if a not in axes]
+    if 0 in axes or not all(isinstance(x.shape[a], int) for a in range(1, rank)):
+        return None  # reducing over the batch, or over dynamic dims
     b = Builder(graph, node.name, float_dtype(x))
-    current = x
-    for axis in axes:
-        length = x.shape[axis]
-        level = 0
-        while length > 1:
-            half = length // 2
-            low = b.slice(current, axis, 0, half, f"a{axis}l{level}_low")
-            high = b.slice(current, axis, half, 2 * half, f"a{axis}l{level}_high")
-            merged = combine(b, low, high, f"a{axis}l{level}")
-            if length % 2:
-                rest = b.slice(current, axis, 2 * half, length, f"a{axis}l{level}_rest")
-                merged = b.node("Concat", [merged, rest], f"a{axis}l{level}_concat", {"axis": axis})
-            current, length = merged, half + length % 2
-            level += 1
-    if not node.attrs.get("keepdims", 1):
-        current = b.node("Squeeze", [current, b._ints(axes, "squeeze_axes")], "squeeze")
-    b.node("Identity", [current], "out", output=replace_output(node))
+    source = b.node("Neg", [x], "neg") if node.op == "ReduceMin" else x
+    if [0, *kept, *axes] != list(range(rank)):
+        source = b.node("Transpose", [source], "move_axes", {"perm": [0, *kept, *axes]})
+    window = math.prod(x.shape[a] for a in axes)
+    rows = b.node("Reshape", [source, b._ints([0, -1, window], "rows_shape")], "rows")
+    pooled = b.node("MaxPool", [rows], "pool", {"kernel_shape": [window], "strides": [window]})
+    keep = node.attrs.get("keepdims", 1)
+    shape = [0] + [x.shape[a] if a not in axes else 1 for a in range(1, rank) if keep or a not in axes]
+    result = b.node("Reshape", [pooled, b._ints(shape, "out_shape")], "unrows",
+                    output=None if node.op == "ReduceMin" else replace_output(node))
+    if node.op == "ReduceMin":
+        b.node("Neg", [result], "negate_back", output=replace_output(node))
     return b.added
 
 
@@ -155,15 +159,16 @@ def _elementwise_tree(graph: gs.Graph, node: gs.Node, varying: set[str]) -> list
     return b.added
 
 
-def maxima_as_relu_trees(graph: gs.Graph, options: PassOptions) -> PassResult:
-    """Overlapping MaxPool, ReduceMax/ReduceMin and Max/Min of varying tensors -> ReLU trees."""
-    result = PassResult("maxima_as_relu_trees")
+def exact_maxima(graph: gs.Graph, options: PassOptions) -> PassResult:
+    """Overlapping MaxPool and Max/Min of input-dependent tensors -> ReLU trees;
+    ReduceMax/ReduceMin -> non-overlapping max pools."""
+    result = PassResult("exact_maxima")
     varying = varying_tensors(graph)
     for node in list(graph.nodes):
         if node.op == "MaxPool":
             added = _maxpool_tree(graph, node)
         elif node.op in ("ReduceMax", "ReduceMin"):
-            added = _reduce_tree(graph, node)
+            added = _reduce_as_pool(graph, node)
         elif node.op in ("Max", "Min"):
             added = _elementwise_tree(graph, node, varying)
         else:

@@ -89,8 +89,8 @@ def _drop_float_casts(graph: gs.Graph) -> list[str]:
                     consumer.inputs[i] = source
         node.inputs.clear()
         node.outputs.clear()
-        graph.nodes.remove(node)
         removed.append(node.name)
+    graph.cleanup()
     return removed
 
 

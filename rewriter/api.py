@@ -237,7 +237,8 @@ def _as_tuple(value) -> tuple[torch.Tensor, ...]:
 
 def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str, int] | None = None,
             exporter: str = "auto", opset: int | None = None, atol: float | None = None, rtol: float | None = None,
-            dynamic_batch: bool = True, check: bool = False, check_background=None, check_inputs=None,
+            dynamic_batch: bool = True, decompose_clips: bool = False, check: bool = False,
+            check_background=None, check_inputs=None,
             report: bool = False, progress: Progress | None = None) -> nn.Module | tuple[nn.Module, RewriteReport]:
     """Rewrite ``model`` into an equivalent ``torch.fx.GraphModule`` that SHAP's DeepExplainer
     and Captum's DeepLift explain exactly, verified against the source before it is returned.
@@ -252,6 +253,7 @@ def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str
         opset: ONNX opset to export a torch model with (default: the exporter's).
         atol, rtol: verification tolerances; default by dtype (see ``rewriter.verify``).
         dynamic_batch: make a fixed leading dim of an ONNX model's inputs dynamic.
+        decompose_clips: write ReLU6/Hardtanh/Clip as ReLUs (see ``passes.PassOptions``).
         check: run SHAP's DeepExplainer (and Captum's DeepLift, when installed) on the
             result and record the worst relative additivity errors in the report.
         check_background, check_inputs: data for the check (a tensor, or a tuple for several
@@ -271,7 +273,7 @@ def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str
     else:
         source = _read(model, tuple(example_inputs), dims, exporter, opset, clock)
         info, inputs, references = source.report, source.inputs, source.references
-        module = _passes_and_import(source, dynamic_batch, clock)
+        module = _passes_and_import(source, PassOptions(dynamic_batch, decompose_clips), clock)
         output_names = _output_names(source.proto)
         extra_rows = _extra_rows(source.proto, info.passes) if info.source == "onnx" else 1
     with clock.stage("verify", "verifying against the source"):
@@ -287,24 +289,24 @@ def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str
     return (module, info) if report else module
 
 
-def _passes_and_import(source: _Source, dynamic_batch: bool, clock: _Clock) -> nn.Module:
+def _passes_and_import(source: _Source, options: PassOptions, clock: _Clock) -> nn.Module:
     info = source.report
     with clock.stage("passes", "running passes"):
-        rewritten, info.passes = run_passes(source.prepared, PassOptions(dynamic_batch=dynamic_batch))
+        rewritten, info.passes = run_passes(source.prepared, options)
     with clock.stage("import", "importing into torch"):
         return import_onnx(_with_inferred_types(rewritten), source.class_name)
 
 
 def inspect(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str, int] | None = None,
             exporter: str = "auto", opset: int | None = None, dynamic_batch: bool = True,
-            progress: Progress | None = None) -> RewriteReport:
+            decompose_clips: bool = False, progress: Progress | None = None) -> RewriteReport:
     """What :func:`rewrite` would do, without verifying or returning a model: each pass's
     changes, how each explainer would treat each node, and every unsupported op (in
     ``report.unsupported`` rather than raised)."""
     clock = _Clock(progress)
     source = _read(model, tuple(example_inputs), dims, exporter, opset, clock, need_inputs=False)
     try:
-        source.report.nodes = classify(_passes_and_import(source, dynamic_batch, clock))
+        source.report.nodes = classify(_passes_and_import(source, PassOptions(dynamic_batch, decompose_clips), clock))
     except UnsupportedOpError as exc:
         source.report.unsupported = exc.ops
     source.report.timings = clock.timings

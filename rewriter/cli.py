@@ -57,6 +57,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="size of a symbolic input dim for the check inputs (repeatable)")
     parser.add_argument("--static-batch", action="store_true",
                         help="keep a fixed leading input dim fixed instead of making it dynamic")
+    parser.add_argument("--decompose-clips", action="store_true",
+                        help="write ReLU6/Hardtanh/Clip as ReLUs (exact without registered rules; slower)")
     parser.add_argument("--report", metavar="PATH", help="write the JSON report to PATH")
     parser.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     parser.add_argument("--quiet", action="store_true", help="print nothing on stderr but errors")
@@ -183,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("input and output are the same file", fix="write the output to another path")
     terminal = _Terminal(args.quiet)
     module, report = rewrite(args.input, dims=dict(args.dim), atol=args.atol, rtol=args.rtol,
-                             dynamic_batch=not args.static_batch, check=args.check, report=True,
+                             dynamic_batch=not args.static_batch, decompose_clips=args.decompose_clips,
+                             check=args.check, report=True,
                              progress=terminal.progress)
     terminal.summary(report, args.threshold if args.check else None)
     _emit_report(report, args)
@@ -204,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
 def run_inspect(args: argparse.Namespace) -> int:
     terminal = _Terminal(args.quiet)
     report = inspect(args.input, dims=dict(args.dim), dynamic_batch=not args.static_batch,
-                     progress=terminal.progress)
+                     decompose_clips=args.decompose_clips, progress=terminal.progress)
     terminal.summary(report)
     _emit_report(report, args)
     if report.unsupported:

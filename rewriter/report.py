@@ -83,8 +83,11 @@ def _module_treatment(module: nn.Module, explainer: str, table: dict, key) -> tu
     if isinstance(module, modules.ShapleyProduct):
         return ("product", None) if key(cls) in table else ("approximate", f"{explainer} has no product rule")
     if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
-        overlapping = module.kernel_size != module.stride or module.padding not in (0, (0,) * 3, (0, 0)) \
-            or module.ceil_mode
+        def as_tuple(value):
+            return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+        overlapping = as_tuple(module.kernel_size) != as_tuple(module.stride) or module.ceil_mode \
+            or any(p != 0 for p in as_tuple(module.padding))
         return ("approximate", "overlapping max pooling") if overlapping else ("maxpool", None)
     if cls in explainers.RESCALE_MODULES:
         if key(cls) not in table:

@@ -10,13 +10,19 @@ from torch import nn
 
 
 class BasicBlock(nn.Module):
-    """torchvision's ResNet BasicBlock: one in-place ReLU module used twice, ``out += identity``."""
+    """torchvision's ResNet BasicBlock: one in-place ReLU module used twice, ``out += identity``.
 
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+    ``by_hand=True`` is the block as people fix it by hand for SHAP: a ReLU per call, no
+    in-place operations (benchmarks compare against it).
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, by_hand: bool = False) -> None:
         super().__init__()
+        self.by_hand = by_hand
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = nn.ReLU(inplace=not by_hand)
+        self.relu_out = nn.ReLU() if by_hand else self.relu
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.downsample = None
@@ -29,6 +35,8 @@ class BasicBlock(nn.Module):
         out = self.bn2(self.conv2(out))
         if self.downsample is not None:
             identity = self.downsample(x)
+        if self.by_hand:
+            return self.relu_out(out + identity)
         out += identity
         return self.relu(out)
 
@@ -429,3 +437,108 @@ class ConvNeXtBlock(nn.Module):
         y = self.gamma * self.pwconv2(self.act(self.pwconv1(self.norm(y))))
         x = x + y.permute(0, 3, 1, 2)
         return self.head(x.mean((2, 3)))
+
+
+class Bottleneck(nn.Module):
+    """torchvision's Bottleneck (ResNet-50 and deeper), with the same reused in-place ReLU."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int = 1, by_hand: bool = False) -> None:
+        super().__init__()
+        self.by_hand = by_hand
+        cout = width * self.expansion
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=not by_hand)
+        self.relu2, self.relu3 = (nn.ReLU(), nn.ReLU()) if by_hand else (self.relu, self.relu)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.by_hand:
+            return self.relu3(out + identity)
+        out += identity
+        return self.relu(out)
+
+
+RESNET_LAYERS = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]), 50: (Bottleneck, [3, 4, 6, 3]),
+                 101: (Bottleneck, [3, 4, 23, 3]), 152: (Bottleneck, [3, 8, 36, 3])}
+
+
+class ResNet(nn.Module):
+    """torchvision's ResNet layout at a configurable width: stem with MaxPool2d(3, 2, 1)."""
+
+    def __init__(self, depth: int, width: int = 16, num_classes: int = 10, by_hand: bool = False) -> None:
+        super().__init__()
+        block, layers = RESNET_LAYERS[depth]
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=not by_hand)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        stages, cin = [], width
+        for i, count in enumerate(layers):
+            planes = width * 2 ** i
+            blocks = []
+            for j in range(count):
+                blocks.append(block(cin, planes, stride=2 if (j == 0 and i > 0) else 1, by_hand=by_hand))
+                cin = planes * getattr(block, "expansion", 1)
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2's layout (inverted residuals, ReLU6) at a small width."""
+
+    def __init__(self, width: int = 8, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU6(inplace=True))
+        blocks = []
+        for stage in range(4):
+            blocks.extend(InvertedResidual(width) for _ in range(2 + stage % 2))
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.Conv2d(width, 4 * width, 1, bias=False), nn.BatchNorm2d(4 * width),
+                                  nn.ReLU6(inplace=True))
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(4 * width, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.head(self.blocks(self.stem(x))).mean((2, 3)))
+
+
+class ViT(nn.Module):
+    """A small vision transformer: patch embedding, class token, position embedding,
+    pre-norm encoder layers (nn.TransformerEncoderLayer, GELU), classification head."""
+
+    def __init__(self, image: int = 32, patch: int = 8, dim: int = 32, depth: int = 4, heads: int = 4,
+                 num_classes: int = 10) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, patch, patch)
+        tokens = (image // patch) ** 2 + 1
+        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.pos = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
+        return self.head(self.norm(self.encoder(x))[:, 0])

@@ -222,3 +222,20 @@ def test_lookalikes_are_left_alone():
                    const("not_half", np.array(0.4, np.float32))])
     _, report = rewrite(proto, report=True)
     assert not next(p for p in report.passes if p.name == "fuse_activations").added
+
+
+@pytest.mark.parametrize("name", ["module-relu6", "function-relu6", "module-hardtanh", "function-hardtanh"])
+def test_clips_written_as_relus_on_request(name):
+    make, shape = CASES[name]
+    torch.manual_seed(0)
+    model = make().eval()
+    kept = rewrite(model, torch.randn(4, *shape))
+    decomposed, report = rewrite(model, torch.randn(4, *shape), decompose_clips=True, report=True)
+    assert {"ReLU6", "Hardtanh"} & {type(m).__name__ for m in kept.modules()}
+    assert {type(m).__name__ for m in decomposed.modules() if not list(m.children())} <= {"Linear", "ReLU"}
+    assert next(p for p in report.passes if p.name == "decompose_activations").removed
+    x = torch.randn(9, *shape) * 3
+    with torch.no_grad():
+        torch.testing.assert_close(decomposed(x), model(x), atol=1e-5, rtol=1e-4)
+    assert shap_relative_error(decomposed, torch.randn(10, *shape), torch.randn(3, *shape)) < EXACT
+    assert captum_relative_delta(decomposed, torch.randn(3, *shape), torch.randn(3, *shape)) < EXACT

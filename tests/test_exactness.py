@@ -27,8 +27,8 @@ EXACT = 1e-4
 IMAGE = (3, 16, 16)
 
 MODELS = {
-    "resnet_stem": (lambda: randomize_batchnorm(ResNetStem()), IMAGE, "maxima_as_relu_trees"),
-    "ceil_mode_pool": (lambda: CeilPoolNet(), (2, 10, 10), "maxima_as_relu_trees"),
+    "resnet_stem": (lambda: randomize_batchnorm(ResNetStem()), IMAGE, "exact_maxima"),
+    "ceil_mode_pool": (lambda: CeilPoolNet(), (2, 10, 10), "exact_maxima"),
     "squeeze_excite": (lambda: SqueezeExciteNet(), IMAGE, "shapley_products"),
     "gated_mlp": (lambda: GatedMLP(), (6,), "shapley_products"),
     "layernorm": (lambda: LayerNormBlock(), (6,), "decompose_normalization"),

@@ -47,8 +47,8 @@ def test_report_validates_against_the_schema(resnet_report):
 def test_report_lists_unshared_activations_and_the_maxpool_rewrite(resnet_report):
     assert resnet_report["unshared_modules"]["layer1.0.relu"] == ["layer1_0_relu", "layer1_0_relu_1"]
     assert set(resnet_report["unshared_modules"]) == {"layer1.0.relu", "layer1.1.relu", "layer2.0.relu"}
-    trees = next(p for p in resnet_report["passes"] if p["pass"] == "maxima_as_relu_trees")
-    assert trees["removed"] == ["maxpool"] and trees["count"] > 8
+    maxima = next(p for p in resnet_report["passes"] if p["pass"] == "exact_maxima")
+    assert maxima["removed"] == ["maxpool"] and maxima["count"] > 8
     nodes = {n["node"]: n for n in resnet_report["nodes"]}
     assert nodes["layer1_0_relu_1"]["shap"] == "rescale (native)"
     assert nodes["maxpool_max0_0"]["captum"] == "rescale (native)"
@@ -119,5 +119,5 @@ def test_inspect_names_unsupported_ops(tmp_path):
 
 def test_inspect_reports_without_a_model(resnet_onnx):
     report = inspect(resnet_onnx)
-    assert any(p.name == "maxima_as_relu_trees" and p.count for p in report.passes)
+    assert any(p.name == "exact_maxima" and p.count for p in report.passes)
     assert report.nodes and not report.verification and not report.approximate
