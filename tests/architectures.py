@@ -542,3 +542,31 @@ class ViT(nn.Module):
         x = self.patch(x).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
         return self.head(self.norm(self.encoder(x))[:, 0])
+
+
+class RMSNormBlock(nn.Module):
+    """RMSNorm written out, as LLaMA-style code does, and as nn.RMSNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(6, 12)
+        self.weight = nn.Parameter(torch.rand(12) + 0.5)
+        self.norm = nn.RMSNorm(12)
+        self.fc2 = nn.Linear(12, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
+        return self.fc2(self.norm(torch.relu(h)))
+
+
+class SequenceFirstEncoder(nn.Module):
+    """A transformer run sequence-first inside (batch_first=False): its ReLU sees [L, N, E]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layer(x.transpose(0, 1)).mean(0))

@@ -13,7 +13,9 @@ from architectures import (
     LayerNormBlock,
     MultiheadEncoder,
     ResNetStem,
+    RMSNormBlock,
     SDPAttention,
+    SequenceFirstEncoder,
     SqueezeExciteNet,
     randomize_batchnorm,
 )
@@ -32,6 +34,7 @@ MODELS = {
     "squeeze_excite": (lambda: SqueezeExciteNet(), IMAGE, "shapley_products"),
     "gated_mlp": (lambda: GatedMLP(), (6,), "shapley_products"),
     "layernorm": (lambda: LayerNormBlock(), (6,), "decompose_normalization"),
+    "rmsnorm": (lambda: RMSNormBlock(), (6,), "shapley_products"),
     "groupnorm": (lambda: GroupNormBlock(), IMAGE, "decompose_normalization"),
     "transformer_mha": (lambda: MultiheadEncoder(), (5, 4), "shapley_products"),
     "sdpa": (lambda: SDPAttention(), (5, 8), "decompose_softmax"),
@@ -104,7 +107,7 @@ def test_ordinary_gradients_outside_explanation(case):
 
 def test_products_are_shapley_modules(case):
     name, _, _, rewritten, _ = case
-    if name in ("squeeze_excite", "gated_mlp", "transformer_mha", "sdpa", "layernorm"):
+    if name in ("squeeze_excite", "gated_mlp", "transformer_mha", "sdpa", "layernorm", "rmsnorm"):
         assert any(isinstance(m, ShapleyProduct) for m in rewritten.modules())
 
 
@@ -116,3 +119,13 @@ def test_attention_from_the_torchscript_exporter(name):
     assert sum(isinstance(m, ShapleyProduct) for m in rewritten.modules()) >= 2
     assert shap_relative_error(rewritten, torch.randn(10, *shape), torch.randn(3, *shape)) < EXACT
     assert captum_relative_delta(rewritten, torch.randn(3, *shape), torch.randn(3, *shape)) < EXACT
+
+
+def test_batch_not_leading_is_reported_approximate():
+    """Explainers pair row i with row i + n/2 along dim 0; a sequence-first activation
+    breaks that pairing, and the report says so instead of claiming exactness."""
+    torch.manual_seed(0)
+    _, report = rewrite(SequenceFirstEncoder().eval(), torch.randn(4, 5, 8), report=True)
+    reasons = [value["reason"] for entry in report.nodes for value in entry.values()
+               if isinstance(value, dict) and value.get("kind") == "approximate"]
+    assert report.approximate and any("batch is not the leading dim" in r for r in reasons)
