@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import onnx_graphsurgeon as gs
 
-from .base import PassOptions, PassResult, unique_node_name
+from .base import PassOptions, PassResult, replace_each, unique_node_name
 from .graph import (
     DOMAIN,
     Builder,
@@ -352,13 +352,5 @@ _DECOMPOSED = {"Selu", "Celu", "Clip", "HardSigmoid", "PRelu", "Abs"}
 def decompose_activations(graph: gs.Graph, options: PassOptions) -> PassResult:
     """Write SELU, CELU, HardSigmoid, PReLU, Abs (and, when asked, Clip: ReLU6, Hardtanh)
     with ReLU/ELU."""
-    result = PassResult("decompose_activations")
-    for node in list(graph.nodes):
-        if node.op == "Clip" and not options.decompose_clips:
-            continue
-        added = _decompose(graph, node)
-        if added is not None:
-            result.removed.append(node.name)
-            result.added.extend(added)
-    graph.cleanup()
-    return result
+    return replace_each(graph, "decompose_activations", lambda node: None if (
+        node.op == "Clip" and not options.decompose_clips) else _decompose(graph, node))

@@ -50,6 +50,20 @@ class PassResult:
 GraphPass = Callable[[gs.Graph, PassOptions], PassResult]
 
 
+def replace_each(graph: gs.Graph, name: str, rewrite: Callable[[gs.Node], list[str] | None]) -> PassResult:
+    """Run ``rewrite`` on every node. It rebuilds the node's computation with new nodes that
+    write the node's outputs and returns their names, or returns None to leave the node;
+    replaced nodes are then cleaned away."""
+    result = PassResult(name)
+    for node in list(graph.nodes):
+        added = rewrite(node)
+        if added is not None:
+            result.removed.append(node.name)
+            result.added.extend(added)
+    graph.cleanup()
+    return result
+
+
 def unique_node_name(graph: gs.Graph, base: str) -> str:
     """A node name not yet used in ``graph``."""
     taken = {n.name for n in graph.nodes}

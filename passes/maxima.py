@@ -23,7 +23,7 @@ import math
 
 import onnx_graphsurgeon as gs
 
-from .base import PassOptions, PassResult
+from .base import PassOptions, PassResult, replace_each
 from .graph import Builder, const_value, float_dtype, is_float, replace_output, varying_tensors
 
 
@@ -162,20 +162,15 @@ def _elementwise_tree(graph: gs.Graph, node: gs.Node, varying: set[str]) -> list
 def exact_maxima(graph: gs.Graph, options: PassOptions) -> PassResult:
     """Overlapping MaxPool and Max/Min of input-dependent tensors -> ReLU trees;
     ReduceMax/ReduceMin -> non-overlapping max pools."""
-    result = PassResult("exact_maxima")
     varying = varying_tensors(graph)
-    for node in list(graph.nodes):
+
+    def rewrite(node: gs.Node) -> list[str] | None:
         if node.op == "MaxPool":
-            added = _maxpool_tree(graph, node)
-        elif node.op in ("ReduceMax", "ReduceMin"):
-            added = _reduce_as_pool(graph, node)
-        elif node.op in ("Max", "Min"):
-            added = _elementwise_tree(graph, node, varying)
-        else:
-            continue
-        if added is not None:
-            result.removed.append(node.name)
-            result.added.extend(added)
-    graph.cleanup()
-    return result
+            return _maxpool_tree(graph, node)
+        if node.op in ("ReduceMax", "ReduceMin"):
+            return _reduce_as_pool(graph, node)
+        if node.op in ("Max", "Min"):
+            return _elementwise_tree(graph, node, varying)
+        return None
+    return replace_each(graph, "exact_maxima", rewrite)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .base import PassOptions, PassResult
+from .base import PassOptions, PassResult, replace_each
 from .graph import Builder, const_value, float_dtype, is_float, replace_output
 
 
@@ -84,15 +84,9 @@ def _decompose_norm(graph: gs.Graph, node: gs.Node) -> list[str] | None:
 
 def decompose_normalization(graph: gs.Graph, options: PassOptions) -> PassResult:
     """LayerNormalization, InstanceNormalization, GroupNormalization -> means, powers, product."""
-    result = PassResult("decompose_normalization")
-    for node in list(graph.nodes):
-        if node.op in ("LayerNormalization", "InstanceNormalization", "GroupNormalization"):
-            added = _decompose_norm(graph, node)
-            if added is not None:
-                result.removed.append(node.name)
-                result.added.extend(added)
-    graph.cleanup()
-    return result
+    norms = ("LayerNormalization", "InstanceNormalization", "GroupNormalization")
+    return replace_each(graph, "decompose_normalization",
+                        lambda node: _decompose_norm(graph, node) if node.op in norms else None)
 
 
 def _decompose_softmax(graph: gs.Graph, node: gs.Node) -> list[str] | None:
@@ -122,12 +116,5 @@ def decompose_softmax(graph: gs.Graph, options: PassOptions) -> PassResult:
     Captum's own softmax rule is not additive, and SHAP's (the rescale rule applied per
     element) credits each output only to its own logit; the decomposition is exact for both.
     """
-    result = PassResult("decompose_softmax")
-    for node in list(graph.nodes):
-        if node.op in ("Softmax", "LogSoftmax"):
-            added = _decompose_softmax(graph, node)
-            if added is not None:
-                result.removed.append(node.name)
-                result.added.extend(added)
-    graph.cleanup()
-    return result
+    return replace_each(graph, "decompose_softmax", lambda node: _decompose_softmax(graph, node)
+                        if node.op in ("Softmax", "LogSoftmax") else None)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from .base import PassOptions, PassResult
+from .base import PassOptions, PassResult, replace_each
 from .graph import (
     DOMAIN,
     Builder,
@@ -61,15 +61,5 @@ def _product(graph: gs.Graph, node: gs.Node, varying: set[str], batch: set) -> l
 
 def shapley_products(graph: gs.Graph, options: PassOptions) -> PassResult:
     """Mul, Div, MatMul and Einsum of two input-dependent tensors -> Shapley products."""
-    result = PassResult("shapley_products")
-    varying = varying_tensors(graph)
-    batch = batch_dims(graph)
-    for node in list(graph.nodes):
-        if node.op == "Gemm":
-            continue  # a Gemm of two varying tensors is left as approximate (exporters do not emit it)
-        added = _product(graph, node, varying, batch)
-        if added is not None:
-            result.removed.append(node.name)
-            result.added.extend(added)
-    graph.cleanup()
-    return result
+    varying, batch = varying_tensors(graph), batch_dims(graph)
+    return replace_each(graph, "shapley_products", lambda node: _product(graph, node, varying, batch))
