@@ -30,4 +30,5 @@ clean:
 	rm -rf $(VENV) out .pytest_cache
 
 bench: install
+	$(BIN)/python benchmarks/exactness.py
 	$(BIN)/python benchmarks/run.py
