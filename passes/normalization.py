@@ -1,8 +1,10 @@
 """Normalisations and softmax, written with pieces that each have an exact DeepLIFT rule.
 
-``(x - mean) * (var + eps)^-1/2``: the means and the centring are linear, the square and
-the inverse square root are elementwise (rescale rule), and the one product of two
-input-dependent tensors becomes a Shapley product (passes/products.py). Softmax is
+``(x - mean) * (var + eps)^-1/2`` over the last dim is one ``shaprewrite.Standardize`` node,
+whose body is the exact decomposition (means and centring linear, square and inverse
+square root rescaled, one Shapley product); the importer makes it one module running the
+fused kernel, with that decomposition's multipliers as its registered rule. Other axes
+are reshaped to the last dim first; the affine part stays linear. Softmax is
 ``exp(x - max x) * (sum exp(x - max x))^-1``: the max is a ReLU tree (passes/maxima.py),
 exp and the reciprocal are elementwise, the sum is linear, the rest is a product.
 """
@@ -13,17 +15,18 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .base import PassOptions, PassResult, replace_each
-from .graph import Builder, const_value, float_dtype, is_float, replace_output
+from .graph import DOMAIN, Builder, const_value, float_dtype, is_float, replace_output
 
 
 def _normalize(b: Builder, x: gs.Tensor, axes: list[int], eps: float) -> gs.Tensor:
-    mean = b.reduce("ReduceMean", x, axes, "mean")
-    centered = b.node("Sub", [x, mean], "center")
-    square = b.node("Pow", [centered, b.const(2.0, "two")], "square")
-    variance = b.reduce("ReduceMean", square, axes, "var")
-    inverse_std = b.node("Pow", [b.node("Add", [variance, b.const(eps, "eps")], "var_eps"),
-                                 b.const(-0.5, "minus_half")], "inv_std")
-    return b.node("Mul", [centered, inverse_std], "normalize")
+    """Standardize ``x`` over ``axes`` (trailing): one ``shaprewrite.Standardize`` over the
+    last dim, with the trailing axes flattened into one first when there are several."""
+    rank = len(x.shape)
+    if axes == [rank - 1]:
+        return b.node("Standardize", [x], "standardize", {"epsilon": eps}, domain=DOMAIN)
+    rows = b.node("Reshape", [x, b._ints([0, *x.shape[1:axes[0]], -1], "rows_shape")], "rows")
+    standardized = b.node("Standardize", [rows], "standardize", {"epsilon": eps}, domain=DOMAIN)
+    return b.node("Reshape", [standardized, b.node("Shape", [x], "shape")], "unrows")
 
 
 def _affine(b: Builder, y: gs.Tensor, scale: np.ndarray | None, bias: np.ndarray | None, out: gs.Variable) -> None:
@@ -76,14 +79,14 @@ def _decompose_norm(graph: gs.Graph, node: gs.Node) -> list[str] | None:
         if scale.size != channels:  # opset 18: one scale per group
             scale, bias = np.repeat(scale, channels // groups), np.repeat(bias, channels // groups)
         grouped = b.node("Reshape", [x, b._ints([0, groups, -1], "group_shape")], "group")
-        normalized = _normalize(b, grouped, [2], eps)
-        restored = b.node("Reshape", [normalized, b.node("Shape", [x], "shape")], "ungroup")
+        standardized = b.node("Standardize", [grouped], "standardize", {"epsilon": eps}, domain=DOMAIN)
+        restored = b.node("Reshape", [standardized, b.node("Shape", [x], "shape")], "ungroup")
         _affine(b, restored, _channel_shaped(scale, rank), _channel_shaped(bias, rank), replace_output(node))
     return b.added
 
 
 def decompose_normalization(graph: gs.Graph, options: PassOptions) -> PassResult:
-    """LayerNormalization, InstanceNormalization, GroupNormalization -> means, powers, product."""
+    """LayerNormalization, InstanceNormalization, GroupNormalization -> Standardize + affine."""
     norms = ("LayerNormalization", "InstanceNormalization", "GroupNormalization")
     return replace_each(graph, "decompose_normalization",
                         lambda node: _decompose_norm(graph, node) if node.op in norms else None)

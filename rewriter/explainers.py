@@ -11,8 +11,9 @@ What is registered, and only where the installed explainer has no entry of its o
 * the rescale rule (SHAP's own ``nonlinear_1d``, Captum's own ``nonlinear``) for every
   one-input elementwise module class in :data:`RESCALE_MODULES`: for such modules the rescale
   rule ``m = Δy/Δx`` is exact;
-* the two-player Shapley rule for :class:`rewriter.modules.ShapleyProduct` (products of two
-  input-dependent tensors; see ``ShapleyProduct.shapley_multipliers``).
+* the modules' own exact rules for every :class:`rewriter.modules.ExactRule` subclass:
+  ``ShapleyProduct`` (the two-player Shapley rule for products of two input-dependent
+  tensors) and ``Standardize`` (normalisation); see their ``deeplift_multipliers``.
 
 Registration happens automatically: when ``rewriter`` is imported (which loading a saved
 rewritten model does), for explainers already imported, and otherwise right after the
@@ -42,19 +43,22 @@ RESCALE_MODULES: tuple[type[nn.Module], ...] = (
 )
 
 
-def _shap_shapley_product(module: modules.ShapleyProduct, grad_input, grad_output):
-    """SHAP handler: SHAP has saved the module's packed input as ``module.x``."""
-    return (module.shapley_multipliers(module.x, grad_output[0]), *grad_input[1:])
+def _shap_exact_rule(module: modules.ExactRule, grad_input, grad_output):
+    """SHAP handler: SHAP has saved the module's input as ``module.x``."""
+    return (module.deeplift_multipliers(module.x, grad_output[0]), *grad_input[1:])
 
 
 # SHAP saves a module's input and output (module.x, module.y) only when its handler is named
-# "nonlinear_1d" or "maxpool"; the product rule needs the input.
-_shap_shapley_product.__name__ = "nonlinear_1d"
+# "nonlinear_1d" or "maxpool"; these rules need the input.
+_shap_exact_rule.__name__ = "nonlinear_1d"
 
 
-def _captum_shapley_product(module, inputs, outputs, grad_input, grad_output, eps: float = 1e-10):
+def _captum_exact_rule(module, inputs, outputs, grad_input, grad_output, eps: float = 1e-10):
     """Captum rule: same signature as Captum's own ``nonlinear``."""
-    return module.shapley_multipliers(inputs, grad_output)
+    return module.deeplift_multipliers(inputs, grad_output)
+
+
+EXACT_RULE_MODULES: tuple[type[nn.Module], ...] = (modules.ShapleyProduct, modules.Standardize)
 
 
 # What this process added to each explainer's table, by class name (the rest is native).
@@ -65,7 +69,7 @@ def register_shap(deep_pytorch: ModuleType) -> list[str]:
     """Add the missing entries to SHAP's handler table; the class names added."""
     table = deep_pytorch.op_handler
     rules = {cls.__name__: deep_pytorch.nonlinear_1d for cls in RESCALE_MODULES}
-    rules[modules.ShapleyProduct.__name__] = _shap_shapley_product
+    rules.update({cls.__name__: _shap_exact_rule for cls in EXACT_RULE_MODULES})
     added = [name for name in rules if name not in table]
     for name in added:
         table[name] = rules[name]
@@ -77,7 +81,7 @@ def register_captum(deep_lift: ModuleType) -> list[str]:
     """Add the missing entries to Captum's rule table; the class names added."""
     table = deep_lift.SUPPORTED_NON_LINEAR
     rules = {cls: deep_lift.nonlinear for cls in RESCALE_MODULES}
-    rules[modules.ShapleyProduct] = _captum_shapley_product
+    rules.update({cls: _captum_exact_rule for cls in EXACT_RULE_MODULES})
     added = [cls for cls in rules if cls not in table]
     for cls in added:
         table[cls] = rules[cls]

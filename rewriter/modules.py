@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 _LINEAR_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
@@ -155,7 +156,25 @@ def elementwise_classes() -> list[type[Elementwise]]:
     return found
 
 
-class ShapleyProduct(nn.Module):
+class ExactRule(nn.Module):
+    """A module with a DeepLIFT rule of its own, registered with the explainers.
+
+    Explainers hook one input per module and run batches ``[inputs; references]``; the
+    rule maps the gradient reaching the output to multipliers for the input.
+    """
+
+    def deeplift_multipliers(self, x: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _pair_mean(t: torch.Tensor) -> torch.Tensor:
+    """Each row's mean with its reference row (the other half of the batch), in both halves."""
+    half = t.shape[0] // 2
+    mean = (t[:half] + t[half:]) / 2
+    return torch.cat([mean, mean])
+
+
+class ShapleyProduct(ExactRule):
     """``y = f(a, b)`` for a bilinear ``f`` of two input-dependent tensors.
 
     ``f`` is an elementwise product, a matrix product or a two-operand einsum. Explainers
@@ -163,7 +182,7 @@ class ShapleyProduct(nn.Module):
     flattened per batch row (see ``rewriter.functional.pack_operands``); ``shape_a`` and
     ``shape_b`` are their shapes after the batch dim. Outside explanation this is exactly
     ``f(a, b)`` with ordinary gradients; under SHAP or Captum the registered rule uses
-    :meth:`shapley_multipliers`.
+    :meth:`deeplift_multipliers`.
     """
 
     def __init__(self, op: str, shape_a: tuple[int, ...], shape_b: tuple[int, ...], equation: str | None = None):
@@ -185,7 +204,7 @@ class ShapleyProduct(nn.Module):
     def forward(self, packed: torch.Tensor) -> torch.Tensor:
         return self.combine(*self.unpack(packed))
 
-    def shapley_multipliers(self, packed: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+    def deeplift_multipliers(self, packed: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
         """Multipliers for the packed input of a batch ``[inputs; references]``.
 
         ``Δy = f(Δa, b̄) + f(ā, Δb)`` with ``ā, b̄`` the means of each input row and its
@@ -193,9 +212,7 @@ class ShapleyProduct(nn.Module):
         of ``f(ā, b)``; both halves of the batch get the same multipliers.
         """
         a, b = self.unpack(packed.detach())
-        half = a.shape[0] // 2
-        a_mean = ((a[:half] + a[half:]) / 2).repeat(2, *([1] * (a.dim() - 1)))
-        b_mean = ((b[:half] + b[half:]) / 2).repeat(2, *([1] * (b.dim() - 1)))
+        a_mean, b_mean = _pair_mean(a), _pair_mean(b)
         with torch.enable_grad():
             a_var, b_var = a_mean.clone().requires_grad_(), b_mean.clone().requires_grad_()
             (grad_a,) = torch.autograd.grad(self.combine(a_var, b_mean), a_var, grad_output)
@@ -205,3 +222,39 @@ class ShapleyProduct(nn.Module):
     def extra_repr(self) -> str:
         op = f"einsum '{self.equation}'" if self.op == "einsum" else self.op
         return f"{op}, a={self.shape_a}, b={self.shape_b}"
+
+
+class Standardize(ExactRule):
+    """``(x - mean(x)) / sqrt(var(x) + eps)`` over the last dim, as one fused kernel.
+
+    Its rule gives the multipliers of the exact decomposition (centring: linear; square and
+    ``(v + eps)^-1/2``: rescale; ``c * r``: Shapley product) in closed form, so explanation
+    is exact while the forward pass stays one ``layer_norm`` call.
+    """
+
+    def __init__(self, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:], None, None, self.eps)
+
+    def deeplift_multipliers(self, x: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+        x = x.detach()
+        centered = x - x.mean(-1, keepdim=True)
+        variance = centered.square().mean(-1, keepdim=True)
+        inverse_std = (variance + self.eps).rsqrt()
+        half = x.shape[0] // 2
+        delta_v = torch.cat([variance[:half] - variance[half:]] * 2)
+        delta_r = torch.cat([inverse_std[:half] - inverse_std[half:]] * 2)
+        mean_v = _pair_mean(variance)
+        # Rescale multiplier of (v + eps)^-1/2; its derivative where v barely changes.
+        m_r = torch.where(delta_v.abs() < 1e-6, -0.5 * (mean_v + self.eps) ** -1.5, delta_r / delta_v)
+        c_bar, r_bar = _pair_mean(centered), _pair_mean(inverse_std)
+        grad_r = (grad_output * c_bar).sum(-1, keepdim=True)
+        # Square's rescale multiplier is c + c' = 2 * c_bar; the variance is a mean.
+        grad_c = grad_output * r_bar + grad_r * m_r * 2 * c_bar / x.shape[-1]
+        return grad_c - grad_c.mean(-1, keepdim=True)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}"

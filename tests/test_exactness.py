@@ -23,7 +23,7 @@ from explain import captum_relative_delta, shap_outcome, shap_relative_error
 from torch import nn
 
 from rewriter import rewrite
-from rewriter.modules import ShapleyProduct
+from rewriter.modules import ShapleyProduct, Standardize
 
 EXACT = 1e-4
 IMAGE = (3, 16, 16)
@@ -105,10 +105,13 @@ def test_ordinary_gradients_outside_explanation(case):
     torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
 
 
-def test_products_are_shapley_modules(case):
+def test_products_and_norms_become_rule_modules(case):
     name, _, _, rewritten, _ = case
-    if name in ("squeeze_excite", "gated_mlp", "transformer_mha", "sdpa", "layernorm", "rmsnorm"):
-        assert any(isinstance(m, ShapleyProduct) for m in rewritten.modules())
+    kinds = {type(m) for m in rewritten.modules()}
+    if name in ("squeeze_excite", "gated_mlp", "transformer_mha", "sdpa", "rmsnorm"):
+        assert ShapleyProduct in kinds
+    if name in ("layernorm", "groupnorm", "convnext", "transformer_mha"):
+        assert Standardize in kinds and not {nn.LayerNorm, nn.GroupNorm} & kinds
 
 
 @pytest.mark.parametrize("name", ["transformer_mha", "sdpa"])

@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import functional
+from passes.graph import DOMAIN
+
+from .. import functional, modules
 from . import converter
 
 
@@ -223,3 +225,8 @@ def group_norm(ctx):
     layer.weight.data.copy_(scale)
     layer.bias.data.copy_(bias)
     return ctx.module(layer, ctx.input(0))
+
+
+@converter(f"{DOMAIN}.Standardize")
+def standardize(ctx):
+    return ctx.module(modules.Standardize(ctx.attr("epsilon", 1e-5)), ctx.input(0))
