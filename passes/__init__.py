@@ -15,7 +15,7 @@ from .constants import fold_constants
 from .functions import attach_functions
 from .graph import refresh_shapes
 from .maxima import exact_maxima
-from .normalization import decompose_normalization, decompose_softmax
+from .normalization import decompose_log_softmax, decompose_normalization
 from .precision import upcast_half_precision
 from .products import shapley_products
 
@@ -29,7 +29,7 @@ PIPELINE: list[GraphPass] = [
     fuse_activations,
     decompose_activations,
     decompose_normalization,
-    decompose_softmax,
+    decompose_log_softmax,
     exact_maxima,
     shapley_products,
 ]

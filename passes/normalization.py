@@ -6,7 +6,9 @@ square root rescaled, one Shapley product); the importer makes it one module run
 fused kernel, with that decomposition's multipliers as its registered rule. Other axes
 are reshaped to the last dim first; the affine part stays linear. Softmax is
 ``exp(x - max x) * (sum exp(x - max x))^-1``: the max is a ReLU tree (passes/maxima.py),
-exp and the reciprocal are elementwise, the sum is linear, the rest is a product.
+exp and the reciprocal are elementwise, the sum is linear, the rest is a product: it is
+imported as one ExactSoftmax module with that decomposition's multipliers as its rule;
+LogSoftmax is decomposed here.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def decompose_normalization(graph: gs.Graph, options: PassOptions) -> PassResult
                         lambda node: _decompose_norm(graph, node) if node.op in norms else None)
 
 
-def _decompose_softmax(graph: gs.Graph, node: gs.Node) -> list[str] | None:
+def _decompose_log_softmax(graph: gs.Graph, node: gs.Node) -> list[str] | None:
     x = node.inputs[0]
     if x.shape is None or not is_float(x):
         return None
@@ -106,18 +108,14 @@ def _decompose_softmax(graph: gs.Graph, node: gs.Node) -> list[str] | None:
     shifted = b.node("Sub", [x, b.reduce("ReduceMax", x, [axis], "max")], "shift")
     exp = b.node("Exp", [shifted], "exp")
     total = b.reduce("ReduceSum", exp, [axis], "sum")
-    if node.op == "Softmax":
-        b.node("Mul", [exp, b.node("Reciprocal", [total], "inv_sum")], "normalize", output=replace_output(node))
-    else:
-        b.node("Sub", [shifted, b.node("Log", [total], "log_sum")], "normalize", output=replace_output(node))
+    b.node("Sub", [shifted, b.node("Log", [total], "log_sum")], "normalize", output=replace_output(node))
     return b.added
 
 
-def decompose_softmax(graph: gs.Graph, options: PassOptions) -> PassResult:
-    """Softmax and LogSoftmax over a static axis -> max tree, exp, sum, reciprocal, product.
+def decompose_log_softmax(graph: gs.Graph, options: PassOptions) -> PassResult:
+    """LogSoftmax over a static axis -> max, exp, sum, log, subtraction.
 
-    Captum's own softmax rule is not additive, and SHAP's (the rescale rule applied per
-    element) credits each output only to its own logit; the decomposition is exact for both.
+    (Softmax itself is imported as one ExactSoftmax module whose rule is its decomposition's.)
     """
-    return replace_each(graph, "decompose_softmax", lambda node: _decompose_softmax(graph, node)
-                        if node.op in ("Softmax", "LogSoftmax") else None)
+    return replace_each(graph, "decompose_log_softmax", lambda node: _decompose_log_softmax(graph, node)
+                        if node.op == "LogSoftmax" else None)

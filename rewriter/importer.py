@@ -8,6 +8,7 @@ constants without a separate folding pass.
 
 from __future__ import annotations
 
+import collections
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,6 +114,16 @@ class NodeContext:
         known element by element; for passing shapes straight to torch calls."""
         found = self.dims(i)
         return list(found[0]) if found is not None and not found[1] else None
+
+    def readers(self, i: int) -> int:
+        """How many inputs of nodes (and graph outputs) read input ``i``'s value."""
+        return self._importer.readers[self.node.input[i]]
+
+    def submodule(self, value: Value) -> nn.Module | None:
+        """The module an fx node calls, if it is a module call."""
+        if isinstance(value, fx.Node) and value.op == "call_module":
+            return self._importer.root.get_submodule(value.target)
+        return None
 
     def const(self, i: int) -> torch.Tensor | None:
         """Input ``i`` if it is known at import time, else None."""
@@ -267,6 +278,8 @@ class Importer:
     def run(self, class_name: str) -> fx.GraphModule:
         graph = self.model.graph
         self._check_supported(CONVERTERS)
+        self.readers = collections.Counter([name for n in graph.node for name in n.input] +
+                                           [o.name for o in graph.output])
         for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
             self.infos[vi.name] = _info_from_type(vi.type)
         initializers = {init.name for init in graph.initializer}

@@ -258,3 +258,47 @@ class Standardize(ExactRule):
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}"
+
+
+class ExactSoftmax(ExactRule):
+    """Softmax over the last dim, with the multipliers of its exact decomposition as its rule.
+
+    ``softmax(x) = e * s`` with ``e = exp(x - max x)`` and ``s = 1 / sum e``: the max takes the
+    explainers' max-pool rule (one window: the whole row), exp and the reciprocal the rescale
+    rule, the sum is linear and ``e * s`` a Shapley product. (Captum's own softmax rule is not
+    additive; SHAP's credits each output only to its own logit.)
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(x, -1)
+
+    def deeplift_multipliers(self, x: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+        x = x.detach()
+        half = x.shape[0] // 2
+        top, where = x.max(-1, keepdim=True)
+        shifted = x - top
+        exp = shifted.exp()
+        total = exp.sum(-1, keepdim=True)
+        inverse = total.reciprocal()
+
+        def delta(t: torch.Tensor) -> torch.Tensor:
+            return torch.cat([t[:half] - t[half:]] * 2)
+
+        e_bar, s_bar = _pair_mean(exp), _pair_mean(inverse)
+        grad_s = (grad_output * e_bar).sum(-1, keepdim=True)
+        delta_z, delta_shift = delta(total), delta(shifted)
+        m_s = torch.where(delta_z.abs() < 1e-6, -s_bar.square(), delta(inverse) / delta_z)
+        grad_e = grad_output * s_bar + grad_s * m_s
+        m_e = torch.where(delta_shift.abs() < 1e-6, e_bar, delta(exp) / delta_shift)
+        grad_shift = grad_e * m_e
+        # The max: its change goes to the input's argmax (up to the larger of the two maxima)
+        # and to the reference's argmax (the rest), as the max-pool rule routes it.
+        grad_top = -grad_shift.sum(-1, keepdim=True)[:half]
+        top_in, top_ref = top[:half], top[half:]
+        larger = torch.maximum(top_in, top_ref)
+        routed = torch.zeros_like(x[:half])
+        routed.scatter_add_(-1, where[:half], grad_top * (larger - top_ref))
+        routed.scatter_add_(-1, where[half:], grad_top * (top_in - larger))
+        delta_x = x[:half] - x[half:]
+        through_max = torch.where(delta_x.abs() < 1e-7, torch.zeros_like(routed), routed / delta_x)
+        return grad_shift + torch.cat([through_max, through_max])

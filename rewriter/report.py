@@ -8,7 +8,8 @@ Every call in the result's graph is classified:
   ``registered`` when ``rewriter.explainers`` added it;
 * ``maxpool``: a non-overlapping max pool (the explainers' own rule is exact);
 * ``product``: a Shapley product (registered rule);
-* ``normalization``: a standardisation whose registered rule is its exact decomposition's;
+* ``normalization``, ``softmax``: one module whose registered rule gives its exact
+  decomposition's multipliers;
 * ``no-gradient``: integer or boolean values (shapes, masks) that no attribution flows through;
 * ``approximate``, with a reason: anything else. The top-level ``approximate`` list names
   these nodes; it is empty exactly when every explainer's attributions are exact.
@@ -82,7 +83,7 @@ def _module_treatment(module: nn.Module, explainer: str, table: dict, key) -> tu
     if modules.is_linear_layer(module):
         return "linear", None
     if isinstance(module, modules.ExactRule):
-        kind = "product" if isinstance(module, modules.ShapleyProduct) else "normalization"
+        kind = {modules.ShapleyProduct: "product", modules.Standardize: "normalization"}.get(cls, "softmax")
         return (kind, None) if key(cls) in table else ("approximate", f"{explainer} has no {kind} rule")
     if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
         def as_tuple(value):

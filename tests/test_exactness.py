@@ -37,7 +37,7 @@ MODELS = {
     "rmsnorm": (lambda: RMSNormBlock(), (6,), "shapley_products"),
     "groupnorm": (lambda: GroupNormBlock(), IMAGE, "decompose_normalization"),
     "transformer_mha": (lambda: MultiheadEncoder(), (5, 4), "shapley_products"),
-    "sdpa": (lambda: SDPAttention(), (5, 8), "decompose_softmax"),
+    "sdpa": (lambda: SDPAttention(), (5, 8), "shapley_products"),
     "convnext": (lambda: ConvNeXtBlock(), IMAGE, "decompose_normalization"),
 }
 

@@ -29,6 +29,8 @@ def test_keras_style_graph_imports_and_explains_exactly():
     np.testing.assert_allclose(rewritten(x).detach().numpy(), run_ort(proto, x), atol=1e-5, rtol=1e-4)
     assert report.source == "onnx"
     assert shap_relative_error(rewritten, torch.randn(8, 6, 6, 3), torch.randn(3, 6, 6, 3)) < EXACT
+    # The output softmax: Captum's own softmax rule is not additive, ExactSoftmax's is.
+    assert captum_relative_delta(rewritten, torch.randn(3, 6, 6, 3), torch.randn(3, 6, 6, 3)) < EXACT
 
 
 @pytest.mark.parametrize("make", [fixed_batch_mlp, lambda: keras_like_cnn(batch=1)], ids=["mlp", "keras_cnn"])

@@ -135,7 +135,14 @@ def _softmax_axis(ctx) -> int:
 
 @converter("Softmax")
 def softmax(ctx):
-    return ctx.module(nn.Softmax(dim=_softmax_axis(ctx)), ctx.input(0))
+    """One ExactSoftmax over the last dim (moved there and back when the axis is another)."""
+    axis = _softmax_axis(ctx)
+    rank = ctx.rank(0)
+    axis = axis + rank if axis < 0 else axis
+    if axis == rank - 1:
+        return ctx.module(modules.ExactSoftmax(), ctx.input(0))
+    moved = ctx.method("transpose", ctx.input(0), axis, -1)
+    return ctx.method("transpose", ctx.module(modules.ExactSoftmax(), moved), axis, -1)
 
 
 @converter("LogSoftmax")

@@ -54,7 +54,22 @@ def _binary(fn, dims_fn=None):
     return convert
 
 
-converter("Add")(_binary(operator.add, operator.add))
+def _bias_into_linear(ctx):
+    """``Linear(x) + bias`` as exporters write an N-d linear layer (MatMul, then Add): the bias
+    goes into the Linear the MatMul became, when nothing else reads the MatMul's result."""
+    for data, constant in ((0, 1), (1, 0)):
+        layer, bias = ctx.submodule(ctx.input(data)), ctx.const(constant)
+        if (isinstance(layer, nn.Linear) and layer.bias is None and bias is not None and ctx.readers(data) == 1
+                and bias.dim() == 1 and bias.numel() == layer.out_features and bias.dtype == layer.weight.dtype):
+            layer.bias = nn.Parameter(bias.clone())
+            return ctx.input(data)
+    return None
+
+
+@converter("Add")
+def add(ctx):
+    return _bias_into_linear(ctx) or _binary(operator.add, operator.add)(ctx)
+
 converter("Sub")(_binary(operator.sub, operator.sub))
 converter("Mul")(_binary(operator.mul, operator.mul))
 converter("Equal")(_binary(torch.eq))
