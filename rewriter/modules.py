@@ -9,6 +9,7 @@ by element, which is what makes the rescale rule exact for it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +25,10 @@ def is_linear_layer(module: nn.Module) -> bool:
 
 
 class Elementwise(nn.Module):
-    """A one-input, elementwise nonlinearity ``y = fn(x)``."""
+    """A one-input, elementwise nonlinearity ``y = fn(x)``; subclasses set ``fn`` or override
+    ``forward``."""
 
-    fn = staticmethod(torch.exp)
+    fn: Callable[[torch.Tensor], torch.Tensor]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x)
