@@ -32,6 +32,7 @@ from .result import ExplainableModule
 # list: an ONNX sequence.
 Value = fx.Node | torch.Tensor | Dims | list | None
 
+
 @dataclass(frozen=True)
 class TensorInfo:
     """What shape inference knows of a value: dtype, and dims (int, symbol name, or None)."""
@@ -42,12 +43,6 @@ class TensorInfo:
     @property
     def rank(self) -> int | None:
         return None if self.shape is None else len(self.shape)
-
-    @property
-    def static_shape(self) -> tuple[int, ...] | None:
-        if self.shape is None or not all(isinstance(d, int) for d in self.shape):
-            return None
-        return tuple(self.shape)  # type: ignore[arg-type]
 
 
 _UNKNOWN = TensorInfo(None, None)
