@@ -79,8 +79,24 @@ BODIES: dict[str, list[onnx.NodeProto]] = {
     "ShapleyEinsum": [_einsum()],
 }
 _TWO_INPUTS = {"ShapleyMul", "ShapleyMatMul", "ShapleyEinsum"}
-_OPSET_BODIES = {"Standardize": _standardize}
-_ATTRIBUTES = {"ShapleyEinsum": ["equation"], "Standardize": ["epsilon"]}
+_POOL_ATTRIBUTES = {"kernel_shape": onnx.AttributeProto.INTS, "strides": onnx.AttributeProto.INTS,
+                    "pads": onnx.AttributeProto.INTS, "dilations": onnx.AttributeProto.INTS,
+                    "ceil_mode": onnx.AttributeProto.INT, "auto_pad": onnx.AttributeProto.STRING}
+
+
+def _exact_max_pool(opset: int) -> list[onnx.NodeProto]:
+    """MaxPool itself, taking the calling node's attributes."""
+    node = helper.make_node("MaxPool", ["X"], ["Y"])
+    for name, kind in _POOL_ATTRIBUTES.items():
+        ref = onnx.AttributeProto()
+        ref.name = ref.ref_attr_name = name
+        ref.type = kind
+        node.attribute.append(ref)
+    return [node]
+
+
+_OPSET_BODIES = {"Standardize": _standardize, "ExactMaxPool": _exact_max_pool}
+_ATTRIBUTES = {"ShapleyEinsum": ["equation"], "Standardize": ["epsilon"], "ExactMaxPool": list(_POOL_ATTRIBUTES)}
 
 
 def function_proto(name: str, opset: int) -> onnx.FunctionProto:

@@ -13,8 +13,8 @@ What is registered, and only where the installed explainer has no entry of its o
   rule ``m = Δy/Δx`` is exact;
 * the modules' own exact rules for every :class:`rewriter.modules.ExactRule` subclass:
   ``ShapleyProduct`` (the two-player Shapley rule for products of two input-dependent
-  tensors), ``Standardize`` (normalisation) and ``ExactSoftmax``; see their
-  ``deeplift_multipliers``.
+  tensors), ``Standardize`` (normalisation), ``ExactSoftmax`` and ``ExactMaxPool``
+  (overlapping max pooling); see their ``deeplift_multipliers``.
 
 Registration happens automatically: when ``rewriter`` is imported (which loading a saved
 rewritten model does), for explainers already imported, and otherwise right after the
@@ -59,7 +59,8 @@ def _captum_exact_rule(module, inputs, outputs, grad_input, grad_output, eps: fl
     return module.deeplift_multipliers(inputs, grad_output)
 
 
-EXACT_RULE_MODULES: tuple[type[nn.Module], ...] = (modules.ShapleyProduct, modules.Standardize, modules.ExactSoftmax)
+EXACT_RULE_MODULES: tuple[type[nn.Module], ...] = (modules.ShapleyProduct, modules.Standardize, modules.ExactSoftmax,
+                                                   modules.ExactMaxPool)
 
 
 # What this process added to each explainer's table, by class name (the rest is native).

@@ -304,3 +304,48 @@ class ExactSoftmax(ExactRule):
         delta_x = x[:half] - x[half:]
         through_max = torch.where(delta_x.abs() < 1e-7, torch.zeros_like(routed), routed / delta_x)
         return grad_shift + torch.cat([through_max, through_max])
+
+
+class ExactMaxPool(ExactRule):
+    """Max pooling whose windows may overlap, with an exact rule.
+
+    SHAP's and Captum's max-pool rule sends each window's change to the positions of its
+    maxima (for the input and for the reference) through ``max_unpool``, which keeps one
+    value where several windows share a maximum: with overlapping windows the rest is lost.
+    The same rule with the contributions added up is exact for any windows.
+    """
+
+    def __init__(self, kernel_size, stride, padding, dilation, ceil_mode: bool = False) -> None:
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = tuple(kernel_size), tuple(stride), tuple(padding)
+        self.dilation, self.ceil_mode = tuple(dilation), ceil_mode
+
+    def _pool(self, x: torch.Tensor, *args):
+        # Looked up per call: torch's max_pool functions cannot be pickled with the module.
+        pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[len(self.kernel_size)]
+        return pool(x, *args)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._pool(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+
+    def deeplift_multipliers(self, x: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+        x = x.detach()
+        half = x.shape[0] // 2
+        top, where = self._pool(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, True)
+        top_in, top_ref = top[:half], top[half:]
+        larger = torch.maximum(top_in, top_ref)
+        grad = grad_output[:half]
+        plane = x[:half].flatten(2)
+        routed = torch.zeros_like(plane)
+        routed.scatter_add_(-1, where[:half].flatten(2), (grad * (larger - top_ref)).flatten(2))
+        routed.scatter_add_(-1, where[half:].flatten(2), (grad * (top_in - larger)).flatten(2))
+        delta = plane - x[half:].flatten(2)
+        # A position whose value did not change carries no contribution (see the class notes).
+        usable = torch.isfinite(delta) & (delta.abs() >= 1e-7)
+        multipliers = torch.where(usable, routed / torch.where(usable, delta, torch.ones_like(delta)),
+                                  torch.zeros_like(delta)).reshape(x[:half].shape)
+        return torch.cat([multipliers, multipliers])
+
+    def extra_repr(self) -> str:
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")

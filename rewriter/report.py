@@ -6,7 +6,8 @@ Every call in the result's graph is classified:
   reshape, pooling by average...): the gradient is the exact multiplier;
 * ``rescale``: a one-input elementwise module; ``native`` when the explainer ships the rule,
   ``registered`` when ``rewriter.explainers`` added it;
-* ``maxpool``: a non-overlapping max pool (the explainers' own rule is exact);
+* ``maxpool``: a non-overlapping max pool (the explainers' own rule is exact), or an
+  ExactMaxPool (a registered rule that is exact for overlapping windows);
 * ``product``: a Shapley product (registered rule);
 * ``normalization``, ``softmax``: one module whose registered rule gives its exact
   decomposition's multipliers;
@@ -83,7 +84,8 @@ def _module_treatment(module: nn.Module, explainer: str, table: dict, key) -> tu
     if modules.is_linear_layer(module):
         return "linear", None
     if isinstance(module, modules.ExactRule):
-        kind = {modules.ShapleyProduct: "product", modules.Standardize: "normalization"}.get(cls, "softmax")
+        kind = {modules.ShapleyProduct: "product", modules.Standardize: "normalization",
+                modules.ExactMaxPool: "maxpool"}.get(cls, "softmax")
         return (kind, None) if key(cls) in table else ("approximate", f"{explainer} has no {kind} rule")
     if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
         def as_tuple(value):

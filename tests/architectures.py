@@ -570,3 +570,17 @@ class SequenceFirstEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.layer(x.transpose(0, 1)).mean(0))
+
+
+class DilatedPoolNet(nn.Module):
+    """Dilated, padded, overlapping max pooling, then an asymmetric-padding one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.pool = nn.MaxPool2d(3, stride=1, padding=1, dilation=2)
+        self.fc = nn.Linear(4 * 3 * 3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pool(torch.tanh(self.conv(x)))
+        return self.fc(F.max_pool2d(F.pad(h, (0, 1, 0, 1), value=-1e9), 3, 2).flatten(1))

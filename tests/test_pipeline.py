@@ -166,9 +166,12 @@ def test_saved_model_loads_in_a_fresh_process(tmp_path):
     torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, atol=1e-5, rtol=1e-4)
 
 
-def test_result_is_picklable_and_copyable():
-    model = PoolingNet().eval()
-    x = torch.randn(2, 2, 8, 8)
+@pytest.mark.parametrize("make,shape", [(lambda: PoolingNet(), (2, 8, 8)),
+                                        (lambda: ResNetStyle(overlapping_pool=True), (3, 16, 16))],
+                         ids=["pooling", "overlapping_pool"])
+def test_result_is_picklable_and_copyable(make, shape):
+    model = randomize_batchnorm(make())
+    x = torch.randn(2, *shape)
     rewritten = rewrite(model, x)
     clone = pickle.loads(pickle.dumps(rewritten))
     torch.testing.assert_close(clone(x), rewritten(x))

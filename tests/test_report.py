@@ -48,10 +48,11 @@ def test_report_lists_unshared_activations_and_the_maxpool_rewrite(resnet_report
     assert resnet_report["unshared_modules"]["layer1.0.relu"] == ["layer1_0_relu", "layer1_0_relu_1"]
     assert set(resnet_report["unshared_modules"]) == {"layer1.0.relu", "layer1.1.relu", "layer2.0.relu"}
     maxima = next(p for p in resnet_report["passes"] if p["pass"] == "exact_maxima")
-    assert maxima["removed"] == ["maxpool"] and maxima["count"] > 8
+    assert maxima["changed"] == ["maxpool"]
     nodes = {n["node"]: n for n in resnet_report["nodes"]}
     assert nodes["layer1_0_relu_1"]["shap"] == "rescale (native)"
-    assert nodes["maxpool_max0_0"]["captum"] == "rescale (native)"
+    assert nodes["maxpool"]["module"] == "ExactMaxPool"
+    assert nodes["maxpool"]["shap"] == nodes["maxpool"]["captum"] == "maxpool"
     assert resnet_report["approximate"] == [] and resnet_report["exact"]
 
 

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from passes.graph import DOMAIN
+
 from .. import functional, modules
 from . import converter
 from .layers import spatial_padding
@@ -28,8 +30,9 @@ def _pool_window(ctx):
     return kernel, strides, dilations, padding, extra
 
 
-@converter("MaxPool")
+@converter("MaxPool", f"{DOMAIN}.ExactMaxPool")
 def max_pool(ctx):
+    """nn.MaxPool*d, or, for the windows passes/maxima.py found overlapping, ExactMaxPool."""
     ctx.require(len(ctx.node.output) < 2 or not ctx.node.output[1], "MaxPool's Indices output is not supported",
                 "use only the pooled values")
     kernel, strides, dilations, padding, extra = _pool_window(ctx)
@@ -38,8 +41,12 @@ def max_pool(ctx):
     x = ctx.input(0)
     if extra is not None:
         x = ctx.call(F.pad, x, extra, "constant", float("-inf"))
-    pool = _MAX_POOL[n](kernel_size=tuple(kernel), stride=tuple(strides), padding=tuple(padding),
-                        dilation=tuple(dilations), ceil_mode=bool(ctx.attr("ceil_mode", 0)))
+    ceil_mode = bool(ctx.attr("ceil_mode", 0))
+    if ctx.key == "MaxPool":
+        pool = _MAX_POOL[n](kernel_size=tuple(kernel), stride=tuple(strides), padding=tuple(padding),
+                            dilation=tuple(dilations), ceil_mode=ceil_mode)
+    else:
+        pool = modules.ExactMaxPool(kernel, strides, padding, dilations, ceil_mode)
     return ctx.module(pool, x)
 
 
