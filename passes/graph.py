@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import onnx
+import onnx.inliner
 import onnx_graphsurgeon as gs
 
 # Fused ops that ONNX has no standard op for (or not at every opset) live in this domain,
@@ -132,16 +134,11 @@ class Builder:
         """A Reduce* node; axes are an input from opset 18 (13 for ReduceSum), else an attribute."""
         since = 13 if op == "ReduceSum" else 18
         if (self.graph.opset or 0) >= since:
-            axes_tensor = self._ints(list(axes), f"{suffix}_axes")
+            axes_tensor = self.ints(list(axes), f"{suffix}_axes")
             return self.node(op, [x, axes_tensor], suffix, {"keepdims": keepdims})
         return self.node(op, [x], suffix, {"axes": list(axes), "keepdims": keepdims})
 
-    def slice(self, x: gs.Tensor, axis: int, start: int, end: int, suffix: str, step: int = 1) -> gs.Variable:
-        ints = [self._ints([v], f"{suffix}_{name}") for v, name in ((start, "start"), (end, "end"), (axis, "axis"),
-                                                                  (step, "step"))]
-        return self.node("Slice", [x, *ints], suffix)
-
-    def _ints(self, values: Sequence[int], suffix: str) -> gs.Constant:
+    def ints(self, values: Sequence[int], suffix: str) -> gs.Constant:
         return gs.Constant(self._name(f"{self.base}_{suffix}"), np.asarray(values, dtype=np.int64))
 
     def max_of(self, a: gs.Tensor, b: gs.Tensor, suffix: str) -> gs.Variable:
@@ -180,8 +177,6 @@ def inferred_types(model) -> dict:
     know model-local functions, so it runs on an inlined copy; inlining keeps the names of
     the values outside the functions. ONNX's inference is the fallback.
     """
-    import onnx
-    import onnx.inliner
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     flat = onnx.inliner.inline_local_functions(model) if len(model.functions) else model
@@ -200,9 +195,7 @@ def inferred_types(model) -> dict:
 
 def refresh_shapes(graph: gs.Graph) -> None:
     """Record inferred shapes and types on every tensor of ``graph``."""
-    import onnx
-
-    from .functions import attach_functions
+    from .functions import attach_functions  # functions imports this module
 
     model = gs.export_onnx(graph, do_type_check=False)
     attach_functions(model)

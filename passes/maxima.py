@@ -43,44 +43,20 @@ def _tree(b: Builder, parts: list[gs.Tensor], suffix: str, combine) -> gs.Tensor
     return parts[0]
 
 
-def _max(b: Builder, x: gs.Tensor, y: gs.Tensor, suffix: str) -> gs.Tensor:
-    return b.max_of(x, y, suffix)
-
-
-def _min(b: Builder, x: gs.Tensor, y: gs.Tensor, suffix: str) -> gs.Tensor:
-    return b.min_of(x, y, suffix)
-
-
-def _pool_geometry(node: gs.Node, spatial: list[int]):
-    """Per spatial axis: (kernel, stride, dilation, pad_begin, pad_end, output length)."""
+def _windows_overlap(node: gs.Node, spatial: list[int]) -> bool:
+    """False only when every window is kernel == stride with no dilation, padding or
+    ceil_mode: there the explainers' own max-pool rule is exact."""
     n = len(spatial)
     kernel = list(node.attrs["kernel_shape"])
     strides = list(node.attrs.get("strides", [1] * n))
     dilations = list(node.attrs.get("dilations", [1] * n))
     auto_pad = node.attrs.get("auto_pad", "NOTSET")
-    pads = list(node.attrs.get("pads", [0] * (2 * n)))
-    ceil = bool(node.attrs.get("ceil_mode", 0))
-    axes = []
-    for i, (size, k, s, d) in enumerate(zip(spatial, kernel, strides, dilations)):
-        span = (k - 1) * d + 1
-        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            out = math.ceil(size / s)
-            total = max((out - 1) * s + span - size, 0)
-            small, large = total // 2, total - total // 2
-            begin, end = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
-        else:
-            begin, end = (0, 0) if auto_pad == "VALID" else (pads[i], pads[i + n])
-            room = size + begin + end - span
-            out = (-(-room // s) if ceil else room // s) + 1
-            if ceil and (out - 1) * s >= size + begin:
-                out -= 1  # the last window must start inside the input or its left padding
-        axes.append((k, s, d, begin, end, out))
-    return axes
-
-
-def _is_non_overlapping(node: gs.Node, geometry) -> bool:
-    return all(k == s and d == 1 and begin == 0 and end == 0 for k, s, d, begin, end, _ in geometry) \
-        and not node.attrs.get("ceil_mode", 0)
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        padded = any(size % s for size, s in zip(spatial, strides))  # SAME pads when s does not divide
+    else:
+        padded = auto_pad != "VALID" and any(node.attrs.get("pads", [0] * (2 * n)))
+    return (padded or bool(node.attrs.get("ceil_mode", 0)) or kernel != strides
+            or any(d != 1 for d in dilations))
 
 
 def _exact_max_pool(node: gs.Node) -> bool:
@@ -91,8 +67,8 @@ def _exact_max_pool(node: gs.Node) -> bool:
     shape = x.shape
     if shape is None or len(shape) < 3 or not all(isinstance(d, int) for d in shape[2:]):
         return False
-    if _is_non_overlapping(node, _pool_geometry(node, list(shape[2:]))):
-        return False  # the explainers' own max-pool rule is exact here
+    if not _windows_overlap(node, list(shape[2:])):
+        return False
     node.op, node.domain = "ExactMaxPool", DOMAIN
     node.attrs.pop("storage_order", None)
     while len(node.outputs) > 1:
@@ -122,11 +98,11 @@ def _reduce_as_pool(graph: gs.Graph, node: gs.Node) -> list[str] | None:
     if [0, *kept, *axes] != list(range(rank)):
         source = b.node("Transpose", [source], "move_axes", {"perm": [0, *kept, *axes]})
     window = math.prod(x.shape[a] for a in axes)
-    rows = b.node("Reshape", [source, b._ints([0, -1, window], "rows_shape")], "rows")
+    rows = b.node("Reshape", [source, b.ints([0, -1, window], "rows_shape")], "rows")
     pooled = b.node("MaxPool", [rows], "pool", {"kernel_shape": [window], "strides": [window]})
     keep = node.attrs.get("keepdims", 1)
     shape = [0] + [x.shape[a] if a not in axes else 1 for a in range(1, rank) if keep or a not in axes]
-    result = b.node("Reshape", [pooled, b._ints(shape, "out_shape")], "unrows",
+    result = b.node("Reshape", [pooled, b.ints(shape, "out_shape")], "unrows",
                     output=None if node.op == "ReduceMin" else replace_output(node))
     if node.op == "ReduceMin":
         b.node("Neg", [result], "negate_back", output=replace_output(node))
@@ -139,7 +115,7 @@ def _elementwise_tree(graph: gs.Graph, node: gs.Node, varying: set[str]) -> list
     if len(inputs) < 2 or sum(t.name in varying for t in inputs) < 2 or not all(is_float(t) for t in inputs):
         return None
     b = Builder(graph, node.name, float_dtype(inputs[0]))
-    result = _tree(b, inputs, "m", _max if node.op == "Max" else _min)
+    result = _tree(b, inputs, "m", Builder.max_of if node.op == "Max" else Builder.min_of)
     b.node("Identity", [result], "out", output=replace_output(node))
     return b.added
 

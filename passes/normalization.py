@@ -26,7 +26,7 @@ def _normalize(b: Builder, x: gs.Tensor, axes: list[int], eps: float) -> gs.Tens
     rank = len(x.shape)
     if axes == [rank - 1]:
         return b.node("Standardize", [x], "standardize", {"epsilon": eps}, domain=DOMAIN)
-    rows = b.node("Reshape", [x, b._ints([0, *x.shape[1:axes[0]], -1], "rows_shape")], "rows")
+    rows = b.node("Reshape", [x, b.ints([0, *x.shape[1:axes[0]], -1], "rows_shape")], "rows")
     standardized = b.node("Standardize", [rows], "standardize", {"epsilon": eps}, domain=DOMAIN)
     return b.node("Reshape", [standardized, b.node("Shape", [x], "shape")], "unrows")
 
@@ -80,7 +80,7 @@ def _decompose_norm(graph: gs.Graph, node: gs.Node) -> list[str] | None:
             return None
         if scale.size != channels:  # opset 18: one scale per group
             scale, bias = np.repeat(scale, channels // groups), np.repeat(bias, channels // groups)
-        grouped = b.node("Reshape", [x, b._ints([0, groups, -1], "group_shape")], "group")
+        grouped = b.node("Reshape", [x, b.ints([0, groups, -1], "group_shape")], "group")
         standardized = b.node("Standardize", [grouped], "standardize", {"epsilon": eps}, domain=DOMAIN)
         restored = b.node("Reshape", [standardized, b.node("Shape", [x], "shape")], "ungroup")
         _affine(b, restored, _channel_shaped(scale, rank), _channel_shaped(bias, rank), replace_output(node))
