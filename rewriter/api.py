@@ -269,7 +269,9 @@ def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str
         # Already rewritten: the passes have nothing left to do; return a verified copy.
         module, info = copy.deepcopy(model), RewriteReport("torch")
         inputs, references = tuple(example_inputs), [Reference("model", torch_runner(model))]
-        output_names, extra_rows = [f"output_{i}" for i in range(len(as_list(model(*inputs))))], 1
+        with torch.no_grad():
+            count = len(as_list(model(*inputs)))
+        output_names, extra_rows = [f"output_{i}" for i in range(count)], 1
     else:
         source = _read(model, tuple(example_inputs), dims, exporter, opset, clock)
         info, inputs, references = source.report, source.inputs, source.references

@@ -68,7 +68,7 @@ def _is_float_node(node: fx.Node) -> bool:
 
 
 def _explainer_tables() -> dict[str, tuple]:
-    """Installed explainers: (rule table, key of a module, our additions)."""
+    """Installed explainers: their rule table, and how a module class is keyed in it."""
     tables = {}
     if importlib.util.find_spec("shap") is not None:
         deep = importlib.import_module(explainers.SHAP_MODULE)
