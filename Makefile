@@ -1,12 +1,18 @@
-# Everything runs in a local virtualenv (.venv). torch is installed first, pinned to the
+# Everything runs in local virtualenvs. The main one (.venv) gets torch first, pinned to the
 # CPU build that lies on this machine's disk: an unpinned install pulls a multi-GB CUDA build.
+# The second one (.venv-newest) gets the newest torch release, which changes what the
+# exporters emit; the architecture and exactness tests run on it too.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 TORCH := torch==2.13.0
+NEWEST_VENV ?= .venv-newest
+NEWEST_STAMP := $(NEWEST_VENV)/.installed-stamp
+NEWEST_TESTS := tests/test_architectures.py tests/test_exactness.py tests/test_families.py
+PYTEST := -m pytest -q -n 2 --dist loadfile
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test test-newest demo lint bench clean
 
 install: $(STAMP)
 
@@ -17,17 +23,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+$(NEWEST_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(NEWEST_VENV)
+	$(NEWEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(NEWEST_VENV)/bin/python -m pip install --quiet --upgrade torch
+	$(NEWEST_VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	touch $(NEWEST_STAMP)
+
 test: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python $(PYTEST)
+
+test-newest: $(NEWEST_STAMP)
+	$(NEWEST_VENV)/bin/python $(PYTEST) $(NEWEST_TESTS)
 
 demo: install
 	$(BIN)/python examples/explain_resnet.py
 
 lint: install
-	$(BIN)/ruff check rewriter passes tests examples
+	$(BIN)/ruff check rewriter passes tests examples benchmarks
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) $(NEWEST_VENV) out .pytest_cache
 
 bench: install
 	$(BIN)/python benchmarks/exactness.py

@@ -26,7 +26,7 @@ from .errors import (
     InputError,
     ShapRewriteError,
     UnsupportedOpError,
-    VerificationError,
+    describe,
 )
 from .export import export_module
 from .importer import import_onnx
@@ -190,7 +190,7 @@ _STAGE_ERRORS = {
     "load": (InputError, "check that the file is a valid ONNX model"),
     "passes": (ConversionError, _REPORT_IT),
     "import": (ConversionError, _REPORT_IT),
-    "verify": (VerificationError, _REPORT_IT),
+    "verify": (ShapRewriteError, _REPORT_IT),
     "check": (AdditivityError, _REPORT_IT),
 }
 
@@ -215,8 +215,7 @@ class _Clock:
             raise InputError(f"ran out of memory while {message}", fix="give smaller example inputs or dims") from exc
         except Exception as exc:  # malformed input that passed the checks, or a bug: typed either way
             error, fix = _STAGE_ERRORS[key]
-            raise error(f"failed while {message}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}",
-                        fix=fix) from exc
+            raise error(f"failed while {message}: {describe(exc)}", fix=fix) from exc
         self.timings[key] = time.perf_counter() - start
 
 

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import describe
+
 
 class _Output(nn.Module):
     """One output of a model, as the ``[batch, k]`` matrix the explainers expect."""
@@ -89,5 +91,5 @@ def self_check(model: nn.Module, background: Sequence[torch.Tensor], inputs: Seq
         try:
             found[name] = max(measure(view, *args) for view in views)
         except Exception as exc:  # an explainer failing on the result is a finding to report
-            found[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            found[name] = describe(exc, 200)
     return found

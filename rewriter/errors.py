@@ -8,6 +8,13 @@ do about it, in one paragraph. The CLI prints ``str(error)`` and exits with the 
 from __future__ import annotations
 
 
+def describe(exc: BaseException, limit: int = 300) -> str:
+    """``"TypeName: first line of the message"``, at most ``limit`` characters: how a foreign
+    exception is quoted inside one of these errors."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")[:limit]
+
+
 class ShapRewriteError(Exception):
     """Base class of every error shaprewrite raises on purpose."""
 
@@ -74,12 +81,12 @@ class VerificationError(ShapRewriteError):
 
     exit_code = 6
 
-    def __init__(self, message: str, diffs: list[dict], *, fix: str | None = None) -> None:
-        self.diffs = diffs
+    def __init__(self, message: str, diffs: list[dict] | None = None, *, fix: str | None = None) -> None:
+        self.diffs = list(diffs or [])
         lines = "; ".join(
             f"{d['output']} at batch {d['batch']}{' vs ' + d['reference'] if 'reference' in d else ''}: "
             f"max abs diff {d['max_abs']:.3g}, "
-            f"max rel diff {d['max_rel']:.3g}" for d in diffs if not d["ok"])
+            f"max rel diff {d['max_rel']:.3g}" for d in self.diffs if not d["ok"])
         super().__init__(f"{message}: {lines}" if lines else message, fix=fix)
 
 

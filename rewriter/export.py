@@ -6,15 +6,16 @@ import contextlib
 import inspect
 import io
 import logging
-import os
+import threading
 import warnings
 from dataclasses import dataclass
 
 import onnx
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
-from .errors import ExportError
+from .errors import ExportError, describe
 
 DYNAMO = "dynamo"
 TORCHSCRIPT = "torchscript"
@@ -50,13 +51,18 @@ def at_least_batch_two(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, 
 
 @contextlib.contextmanager
 def _quiet():
-    """Silence the exporters' progress prints, warnings and log lines."""
+    """Silence the exporters' warnings and log lines; everything is restored afterwards.
+
+    Logger levels and warning filters are process-wide, so this runs only under
+    :data:`_EXPORT_LOCK`. Nothing is printed on stdout with ``verbose=False``, so stdout is
+    never touched.
+    """
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -85,11 +91,6 @@ def _hooks_detached(model: nn.Module):
             hooks.update(content)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
-
-
 def _export_dynamo(model: nn.Module, inputs: tuple, names: list[str], opset: int | None) -> onnx.ModelProto:
     batch = torch.export.Dim("batch")
     dynamic = tuple({0: batch} if t.dim() > 0 else {} for t in inputs)
@@ -105,24 +106,64 @@ class _DataDependentTrace(Exception):
     pass
 
 
+# Tensor methods that turn a traced value into a Python value the trace then bakes in.
+_CONVERSIONS = {"__bool__", "__int__", "__float__", "__index__", "item", "tolist"}
+# Nodes whose result depends only on the shape of their input, not on its values.
+_SHAPE_OPS = {"aten::size", "aten::sym_size", "aten::numel", "aten::dim", "prim::shape"}
+
+
+def _reads_input_values(value: torch._C.Value) -> bool:
+    """Whether a traced value depends on the values of the traced function's inputs (not
+    only on their shapes, the module's weights or constants)."""
+    stack, seen = [value], set()
+    while stack:
+        current = stack.pop()
+        node = current.node()
+        if node in seen or node.kind() in _SHAPE_OPS:
+            continue
+        seen.add(node)
+        if node.kind() == "prim::Param":
+            if not isinstance(current.type(), torch._C.ClassType):  # the module itself is not data
+                return True
+            continue
+        stack.extend(node.inputs())
+    return False
+
+
+class _BranchWatch(TorchFunctionMode):
+    """Records where traced code turns a tensor that carries input values into a Python
+    value: there the trace follows one branch, right only for inputs that take it.
+
+    Shape arithmetic (``width % window``, ``min(height, width) <= window``) is traced as
+    tensors too and converted the same way, but depends on shapes alone: the trace is
+    right for every input of those shapes, and verification checks another batch size.
+    (A torch function mode is per thread, so other threads are not watched.)
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in _CONVERSIONS and args and isinstance(args[0], torch.Tensor) and torch._C._is_tracing():
+            traced = torch._C._get_value_trace(args[0])
+            if traced is not None and _reads_input_values(traced):
+                self.found.append(f"{name} of a value computed from the inputs: "
+                                  f"{str(traced.node()).strip().splitlines()[0][:160]}")
+        return func(*args, **(kwargs or {}))
+
+
 def _export_torchscript(model: nn.Module, inputs: tuple, names: list[str], opset: int | None) -> onnx.ModelProto:
     buffer = io.BytesIO()
-    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("always")
+    watch = _BranchWatch()
+    with _quiet(), watch:
         # Not under no_grad: there nn.TransformerEncoderLayer takes its fused fast path,
         # which exports as one opaque aten op.
         torch.onnx.export(model, inputs, buffer, dynamo=False, input_names=names, opset_version=opset or 17,
                           dynamic_axes={n: {0: "batch"} for n, t in zip(names, inputs) if t.dim() > 0})
-    torch_dir = os.path.dirname(torch.__file__)
-    traced_a_branch = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)
-                       and "Converting a tensor to a Python" in str(w.message)
-                       and not os.path.abspath(w.filename).startswith(torch_dir)]
-    if traced_a_branch:
-        # The model's own code turned a tensor's values into a Python value: the trace
-        # followed one branch and would be right only for inputs that take the same branch.
-        # (torch's own modules do this for checks that do not change the traced computation;
-        # shape-only warnings are left to verification at another batch size.)
-        raise _DataDependentTrace(str(traced_a_branch[0].message).splitlines()[0])
+    if watch.found:
+        raise _DataDependentTrace(watch.found[0])
     return onnx.load_from_string(buffer.getvalue())
 
 
@@ -132,7 +173,7 @@ def _check_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         with torch.no_grad():
             out = model(*inputs)
     except Exception as exc:  # whatever the model raises
-        raise ExportError(f"the model fails on the example inputs: {_first_line(exc)}",
+        raise ExportError(f"the model fails on the example inputs: {describe(exc)}",
                           fix="pass example inputs the model accepts (batch dim first)") from exc
     if isinstance(out, torch.Tensor) or (isinstance(out, (tuple, list)) and out
                                          and all(isinstance(o, torch.Tensor) for o in out)):
@@ -144,6 +185,11 @@ def _check_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
 _EXPORTERS = {DYNAMO: _export_dynamo, TORCHSCRIPT: _export_torchscript}
 
 
+# torch's exporters are not re-entrant (the tracer, dynamo's caches), and silencing them
+# touches process-wide logger levels and warning filters: one export at a time.
+_EXPORT_LOCK = threading.Lock()
+
+
 def export_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], *, exporter: str = "auto",
                   opset: int | None = None) -> ExportedModel:
     """Export ``model`` called on ``inputs`` to an in-memory ONNX model with a dynamic batch dim.
@@ -151,6 +197,9 @@ def export_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], *, exporte
     ``exporter`` is "auto" (dynamo, then TorchScript when dynamo fails), "dynamo" or
     "torchscript"; ``opset`` defaults to each exporter's own. Raises :class:`ExportError`
     naming each exporter's failure.
+
+    Thread-safe: exports from several threads run one after the other (a process-wide
+    lock), each exactly as it would alone.
     """
     if not isinstance(model, nn.Module):
         raise ExportError(f"expected a torch.nn.Module, got {type(model).__name__}",
@@ -164,6 +213,12 @@ def export_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], *, exporte
     inputs = at_least_batch_two(inputs)
     order = [DYNAMO, TORCHSCRIPT] if exporter == "auto" else [exporter]
     failures: list[str] = []
+    with _EXPORT_LOCK:
+        return _export_in_order(model, inputs, names, order, opset, failures)
+
+
+def _export_in_order(model: nn.Module, inputs: tuple, names: list[str], order: list[str], opset: int | None,
+                     failures: list[str]) -> ExportedModel:
     was_training = model.training
     model.eval()
     try:
@@ -175,7 +230,7 @@ def export_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], *, exporte
                 except _DataDependentTrace as exc:
                     failures.append(f"{name} exporter: data-dependent control flow ({exc})")
                 except Exception as exc:  # the exporters raise many unrelated types
-                    failures.append(f"{name} exporter: {_first_line(exc)}")
+                    failures.append(f"{name} exporter: {describe(exc)}")
     finally:
         model.train(was_training)
     raise ExportError("the model could not be exported to ONNX; " + "; ".join(failures),

@@ -177,7 +177,7 @@ class NodeContext:
             with torch.no_grad():
                 return module(*args)
         name = self._importer.add_module(self.name + suffix, module)
-        return self._importer.graph.call_module(name, tuple(args))
+        return self._importer.tag(self._importer.graph.call_module(name, tuple(args)))
 
     def getitem(self, value: Value, index: Any) -> Value:
         return self.call(operator.getitem, value, index)
@@ -199,6 +199,7 @@ class Importer:
         self._param_ids: set[int] = set()
         self._dims_tensors: dict[int, fx.Node] = {}
         self.current_node: str | None = None  # names the fx nodes emitted for it
+        self.current_source: tuple[str, str] | None = None  # its ONNX name and op type
 
     # -- values ---------------------------------------------------------------------
 
@@ -231,10 +232,14 @@ class Importer:
         return self._dims_tensors[id(dims)]
 
     def materialize(self, value: Any) -> Any:
-        """Turn known tensors in an argument into something an fx node can hold."""
+        """Turn known tensors in an argument into something an fx node can hold.
+
+        A known tensor stays a tensor (a buffer, or a parameter for float weights), 0-d ones
+        included: the function receives exactly the type ONNX gives the value. Converters
+        that want a Python number for readability (``x * 0.5``) ask for one explicitly
+        (``operand`` in converters/arithmetic.py).
+        """
         if isinstance(value, torch.Tensor):
-            if value.dim() == 0 and value.dtype != torch.bool:
-                return value.item()
             node = self._materialized.get(id(value))
             if node is None:
                 base = sanitize(self._tensor_names.get(id(value), "const"))
@@ -262,10 +267,17 @@ class Importer:
                 return fn(*call_args, **kwargs)
         args = self.materialize(args)
         kwargs = self.materialize(kwargs)
-        node = self.graph.create_node(kind, target, args, kwargs, name=self.current_node)
+        node = self.tag(self.graph.create_node(kind, target, args, kwargs, name=self.current_node))
         if kind == "call_function" and getattr(target, "__module__", None) == functional.__name__:
             # Keeps the helper one call when a saved model is loaded and re-traced.
             node.meta["is_wrapped"] = True
+        return node
+
+    def tag(self, node: fx.Node) -> fx.Node:
+        """Record the ONNX node an fx node computes (``meta["onnx"]``: name, op type), so a
+        failure at run time can name it."""
+        if self.current_source is not None:
+            node.meta["onnx"] = self.current_source
         return node
 
     # -- the import -----------------------------------------------------------------
@@ -346,6 +358,7 @@ class Importer:
     def _convert(self, node: onnx.NodeProto, convert: Callable[[NodeContext], Any]) -> None:
         ctx = NodeContext(self, node)
         self.current_node = sanitize(node.name)
+        self.current_source = (node.name, node.op_type)
         try:
             result = convert(ctx)
         except ConversionError:

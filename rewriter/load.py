@@ -10,7 +10,7 @@ import onnx.inliner
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
-from .errors import InputError
+from .errors import InputError, describe
 from .naming import assign_unique_names
 
 _FIX_REEXPORT = "check that the file is a complete ONNX model (re-export or re-download it)"
@@ -84,8 +84,7 @@ def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, list[s
     try:
         onnx.checker.check_model(model_copy)
     except (onnx.checker.ValidationError, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"the ONNX model is not valid: {first_line}",
+        raise InputError(f"the ONNX model is not valid: {describe(exc)}",
                          fix="repair or re-export the model; `python -m onnx.checker` shows details") from exc
     if model_copy.functions:
         model_copy = onnx.inliner.inline_local_functions(model_copy)

@@ -59,7 +59,7 @@ _VALUE_FREE_FUNCTIONS = {functional.onnx_shape, functional.onnx_size, functional
                          functional.onnx_trunc_div, functional.onnx_sequence_length, torch.ones_like}
 _VALUE_FREE_METHODS = {"size"}
 _DISCRETE = {torch.argmax: "arg max", torch.argmin: "arg min", functional.onnx_topk: "top-k selection",
-             functional.onnx_nonzero: "non-zero positions", torch.where: "selection by an input-dependent mask"}
+             functional.onnx_nonzero: "non-zero positions"}
 
 
 def _is_float_node(node: fx.Node) -> bool:
@@ -128,9 +128,12 @@ def _call_treatment(node: fx.Node, varying: set[fx.Node]) -> tuple[str, str | No
         if target in _LINEAR_METHODS or (target == "to" and _is_float_node(node)):
             return "linear", None
         return "approximate", f"method {target}"
-    if target in _DISCRETE and len(operands) > (1 if target is torch.where else 0):
-        if target is torch.where and node.args and node.args[0] not in varying:
+    if target is torch.where:
+        # A fixed mask (a causal mask, padding known at export) selects linearly.
+        if node.args[0] not in varying or _is_nan_guard(node):
             return "linear", None
+        return "approximate", "selection by an input-dependent mask"
+    if target in _DISCRETE:
         return "approximate", _DISCRETE[target]
     if target in _LINEAR:
         return "linear", None
@@ -141,6 +144,14 @@ def _call_treatment(node: fx.Node, varying: set[fx.Node]) -> tuple[str, str | No
         return "approximate", "product of two input-dependent tensors kept as is (shapes not static, or batch not leading)"
     name = getattr(target, "__name__", str(target))
     return "approximate", f"no exact rule for {name}"
+
+
+def _is_nan_guard(node: fx.Node) -> bool:
+    """``where(isnan(p), c, p)``, the guard exporters put after a masked softmax: the
+    identity wherever ``p`` is finite, so its gradient is the exact multiplier there."""
+    condition, _, kept = (list(node.args) + [None, None, None])[:3]
+    return (isinstance(condition, fx.Node) and condition.op == "call_function" and condition.target is torch.isnan
+            and condition.args[0] is kept and not isinstance(node.args[1], fx.Node))
 
 
 def classify(module: fx.GraphModule) -> list[dict]:

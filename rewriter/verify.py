@@ -18,6 +18,7 @@ integer   0         0
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ from typing import NamedTuple
 import numpy as np
 import onnx
 import torch
+import torch.fx as fx
 
-from .errors import InputError, ShapRewriteError, VerificationError
+from .errors import InputError, ShapRewriteError, VerificationError, describe
 
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.float64: (1e-7, 1e-6),
@@ -101,7 +103,7 @@ def onnx_runner(model: onnx.ModelProto) -> Runner:
             return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise InputError(f"onnxruntime cannot load the source model, so the rewrite cannot be verified: "
-                             f"{str(exc).strip().splitlines()[0][:300]}",
+                             f"{describe(exc)}",
                              fix="check that the model runs in onnxruntime") from exc
 
     def run(inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -185,15 +187,51 @@ def _run_reference(label: str, reference: Runner, inputs: tuple, batch: int, out
     except ShapRewriteError:
         raise
     except Exception as exc:  # the source rejects the check inputs
-        raise InputError(f"the source model ({label}) failed on check inputs of batch {batch}: "
-                         f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}",
+        raise InputError(f"the source model ({label}) failed on check inputs of batch {batch}: {describe(exc)}",
                          fix="give example inputs of the shapes and types the model expects") from exc
     bad = [n for n, w in zip(output_names, want) if w.is_floating_point() and not torch.isfinite(w).all()]
     if bad:
         raise VerificationError(f"the source model outputs NaN or Inf in {', '.join(bad)} on the check "
-                                "inputs, so the rewrite cannot be verified", [],
+                                "inputs, so the rewrite cannot be verified",
                                 fix="give example inputs on which the model produces finite outputs")
     return want
+
+
+def crash_error(module: torch.nn.Module, inputs: Sequence[torch.Tensor], exc: Exception) -> ShapRewriteError:
+    """The error for the rewritten module crashing on ``inputs``: our bug, named by the ONNX
+    node (and op) whose translation failed, found by re-running the graph node by node."""
+    batch = inputs[0].shape[0] if inputs and inputs[0].dim() else 1
+    where, failed = "", _failing_node(module, inputs)
+    if failed is not None and "onnx" in failed.meta:
+        name, op_type = failed.meta["onnx"]
+        return ShapRewriteError(f"the rewritten model crashed on a batch of {batch}: {describe(exc)}",
+                                node=name, op_type=op_type, fix=_CRASH_FIX)
+    if failed is not None:
+        where = f" in {failed.format_node()}"
+    return ShapRewriteError(f"the rewritten model crashed on a batch of {batch}{where}: {describe(exc)}",
+                            fix=_CRASH_FIX)
+
+
+_CRASH_FIX = ("this is a shaprewrite bug: please report it with the model. If the source was exported with a "
+              "fixed batch size, dynamic_batch=False (CLI --static-batch) may avoid it")
+
+
+def _failing_node(module: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> fx.Node | None:
+    if not isinstance(module, fx.GraphModule):
+        return None
+    failed: list[fx.Node] = []
+
+    class Locate(fx.Interpreter):
+        def run_node(self, n: fx.Node):
+            try:
+                return super().run_node(n)
+            except Exception:
+                failed.append(n)
+                raise
+
+    with contextlib.suppress(Exception), torch.no_grad():
+        Locate(module).run(*inputs)
+    return failed[0] if failed else None
 
 
 def verify(result_model: torch.nn.Module, references: Sequence[Reference], inputs: Sequence[torch.Tensor],
@@ -216,10 +254,7 @@ def verify(result_model: torch.nn.Module, references: Sequence[Reference], input
         try:
             got = run(batch_inputs)
         except Exception as exc:
-            raise VerificationError(f"the rewritten model failed on a batch of {batch}: "
-                                    f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}", [],
-                                    fix="the model may depend on a fixed batch size; pass dynamic_batch=False "
-                                        "(CLI --static-batch) or re-export with a dynamic batch dim") from exc
+            raise crash_error(result_model, batch_inputs, exc) from exc
         for label, want, precision in wanted:
             diffs.extend({**d, "reference": label}
                          for d in compare(got, want, output_names, batch, tolerance, precision))

@@ -4,6 +4,8 @@ activations, dead branches."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -584,3 +586,338 @@ class DilatedPoolNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.pool(torch.tanh(self.conv(x)))
         return self.fc(F.max_pool2d(F.pad(h, (0, 1, 0, 1), value=-1e9), 3, 2).flatten(1))
+
+
+# -- Families from torchvision, timm and Hugging Face, written in the style of their code ------
+
+
+def new_gelu(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's "gelu_new", written out as Hugging Face writes it."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+class GPT2Attention(nn.Module):
+    """Causal self-attention with a fused c_attn projection and an explicit causal mask buffer."""
+
+    def __init__(self, dim: int, heads: int, positions: int) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.c_attn = nn.Linear(dim, 3 * dim)
+        self.c_proj = nn.Linear(dim, dim)
+        self.register_buffer("bias", torch.tril(torch.ones(positions, positions, dtype=torch.bool)).view(
+            1, 1, positions, positions), persistent=False)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(*x.size()[:-1], self.heads, self.head_dim).permute(0, 2, 1, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        query, key, value = self.c_attn(x).split(self.heads * self.head_dim, dim=2)
+        query, key, value = self._split_heads(query), self._split_heads(key), self._split_heads(value)
+        weights = torch.matmul(query, key.transpose(-1, -2)) / torch.full([], value.size(-1) ** 0.5)
+        length = query.size(-2)
+        causal = self.bias[:, :, :length, :length]
+        weights = torch.where(causal, weights, torch.full([], torch.finfo(weights.dtype).min))
+        out = torch.matmul(weights.softmax(-1), value).permute(0, 2, 1, 3).contiguous()
+        return self.c_proj(out.view(*out.size()[:-2], -1))
+
+
+class GPT2Block(nn.Module):
+    def __init__(self, dim: int, heads: int, positions: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim)
+        self.attn = GPT2Attention(dim, heads, positions)
+        self.ln_2 = nn.LayerNorm(dim)
+        self.c_fc, self.c_proj = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.c_proj(new_gelu(self.c_fc(self.ln_2(x))))
+
+
+class GPT2Classifier(nn.Module):
+    """GPT2ForSequenceClassification on ``inputs_embeds``: position embeddings, pre-norm
+    causal blocks, and the score of the last token picked with ``arange(batch)``."""
+
+    def __init__(self, dim: int = 16, heads: int = 2, layers: int = 2, positions: int = 8, labels: int = 3) -> None:
+        super().__init__()
+        self.wpe = nn.Embedding(positions, dim)
+        self.h = nn.ModuleList(GPT2Block(dim, heads, positions) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(dim)
+        self.score = nn.Linear(dim, labels, bias=False)
+
+    def forward(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(inputs_embeds.size(1), device=inputs_embeds.device).unsqueeze(0)
+        hidden = inputs_embeds + self.wpe(positions)
+        for block in self.h:
+            hidden = block(hidden)
+        logits = self.score(self.ln_f(hidden))
+        batch_size = inputs_embeds.shape[0]
+        return logits[torch.arange(batch_size, device=logits.device), -1]
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """torchvision's channels-first LayerNorm: permute, normalise, permute back."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class CNBlock(nn.Module):
+    """torchvision's ConvNeXt block: depthwise 7x7, Permute, LayerNorm, MLP, layer scale."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim, bias=True),
+            Permute([0, 2, 3, 1]), nn.LayerNorm(dim, eps=1e-6), nn.Linear(dim, 4 * dim), nn.GELU(),
+            nn.Linear(4 * dim, dim), Permute([0, 3, 1, 2]))
+        self.layer_scale = nn.Parameter(torch.ones(dim, 1, 1) * 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.layer_scale * self.block(x)
+
+
+class Permute(nn.Module):
+    def __init__(self, dims: list[int]) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.permute(x, self.dims)
+
+
+class ConvNeXtStyle(nn.Module):
+    """A ConvNeXt: patchify stem with LayerNorm2d, blocks, a downsampling layer, and a
+    head behind adaptive average pooling to a grid that does not divide the map."""
+
+    def __init__(self, dim: int = 8, labels: int = 4) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, dim, 2, 2), LayerNorm2d(dim, eps=1e-6), CNBlock(dim),
+            LayerNorm2d(dim, eps=1e-6), nn.Conv2d(dim, 2 * dim, 2, 2), CNBlock(2 * dim))
+        self.avgpool = nn.AdaptiveAvgPool2d(3)
+        self.classifier = nn.Sequential(nn.Flatten(1), nn.Linear(2 * dim * 9, labels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.avgpool(self.features(x)))
+
+
+class SwinWindowBlock(nn.Module):
+    """Hugging Face's SwinLayer: pad to whole windows, (shifted) window attention with a
+    relative position bias, and the branches on shapes its code takes (``width % window``,
+    ``pad > 0``, ``min(resolution) <= window``)."""
+
+    def __init__(self, dim: int = 8, heads: int = 2, window: int = 4, shift: int = 2) -> None:
+        super().__init__()
+        self.dim, self.heads, self.window, self.shift = dim, heads, window, shift
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.table = nn.Parameter(torch.randn((2 * window - 1) ** 2, heads) * 0.1)
+        coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+        relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
+        self.register_buffer("index", relative[..., 0] * (2 * window - 1) + relative[..., 1], persistent=False)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def maybe_pad(self, x: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, tuple]:
+        pad_right = (self.window - width % self.window) % self.window
+        pad_bottom = (self.window - height % self.window) % self.window
+        pad_values = (0, 0, 0, pad_right, 0, pad_bottom)
+        return F.pad(x, pad_values), pad_values
+
+    def attention(self, windows: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        n, tokens, dim = windows.shape
+        qkv = self.qkv(windows).reshape(n, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(dim // self.heads)
+        bias = self.table[self.index.view(-1)].view(tokens, tokens, -1).permute(2, 0, 1)
+        scores = scores + bias.unsqueeze(0)
+        if mask is not None:
+            groups = mask.shape[0]
+            scores = scores.view(n // groups, groups, self.heads, tokens, tokens) + mask.unsqueeze(1).unsqueeze(0)
+            scores = scores.view(-1, self.heads, tokens, tokens)
+        out = torch.matmul(scores.softmax(-1), v).permute(0, 2, 1, 3).reshape(n, tokens, dim)
+        return self.proj(out)
+
+    def shift_mask(self, height: int, width: int) -> torch.Tensor | None:
+        if self.shift <= 0:
+            return None
+        image = torch.zeros((1, height, width, 1))
+        spans = (slice(0, -self.window), slice(-self.window, -self.shift), slice(-self.shift, None))
+        count = 0
+        for h in spans:
+            for w in spans:
+                image[:, h, w, :] = count
+                count += 1
+        windows = partition(image, self.window).view(-1, self.window * self.window)
+        mask = windows.unsqueeze(1) - windows.unsqueeze(2)
+        return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, height, width, channels = x.shape
+        if min(height, width) <= self.window:  # HF shrinks the window for small inputs
+            self.shift, self.window = 0, min(height, width)
+        shortcut = x
+        x, pad_values = self.maybe_pad(self.norm1(x), height, width)
+        _, padded_h, padded_w, _ = x.shape
+        if self.shift > 0:
+            x = torch.roll(x, shifts=(-self.shift, -self.shift), dims=(1, 2))
+        windows = partition(x, self.window).view(-1, self.window * self.window, channels)
+        mask = self.shift_mask(padded_h, padded_w)
+        x = reverse(self.attention(windows, mask).view(-1, self.window, self.window, channels), self.window,
+                    padded_h, padded_w)
+        if self.shift > 0:
+            x = torch.roll(x, shifts=(self.shift, self.shift), dims=(1, 2))
+        was_padded = pad_values[3] > 0 or pad_values[5] > 0
+        if was_padded:
+            x = x[:, :height, :width, :].contiguous()
+        x = shortcut + x
+        return x + self.mlp(self.norm2(x))
+
+
+def partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    batch, height, width, channels = x.shape
+    x = x.view(batch, height // window, window, width // window, window, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, window, window, channels)
+
+
+def reverse(windows: torch.Tensor, window: int, height: int, width: int) -> torch.Tensor:
+    channels = windows.shape[-1]
+    x = windows.view(-1, height // window, width // window, window, window, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, height, width, channels)
+
+
+class SwinStyle(nn.Module):
+    """Patch embedding to a 6x6 grid (padded to 8x8 windows), two Swin layers (the second
+    shifted), mean pooling and a head."""
+
+    def __init__(self, dim: int = 8, labels: int = 3) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, dim, 2, 2)
+        self.layers = nn.ModuleList([SwinWindowBlock(dim, shift=0), SwinWindowBlock(dim, shift=2)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, labels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x).permute(0, 2, 3, 1)
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(self.norm(x).mean((1, 2)))
+
+
+def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    return F.relu6(x + 3.0) / 6.0
+
+
+class GhostModule(nn.Module):
+    """timm's GhostModule: a primary conv, a cheap depthwise conv of its output, both
+    concatenated and sliced to the wanted channels."""
+
+    def __init__(self, cin: int, cout: int, ratio: int = 2, relu: bool = True) -> None:
+        super().__init__()
+        self.out_chs = cout
+        init = math.ceil(cout / ratio)
+        new = init * (ratio - 1)
+        act = nn.ReLU(inplace=True) if relu else nn.Identity()
+        self.primary_conv = nn.Sequential(nn.Conv2d(cin, init, 1, bias=False), nn.BatchNorm2d(init), act)
+        self.cheap_operation = nn.Sequential(nn.Conv2d(init, new, 3, 1, 1, groups=init, bias=False),
+                                             nn.BatchNorm2d(new), nn.ReLU(inplace=True) if relu else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.primary_conv(x)
+        x2 = self.cheap_operation(x1)
+        out = torch.cat([x1, x2], dim=1)
+        return out[:, :self.out_chs, :, :]
+
+
+class GhostSqueezeExcite(nn.Module):
+    """timm's SqueezeExcite with GhostNet's hard-sigmoid gate."""
+
+    def __init__(self, channels: int, reduced: int) -> None:
+        super().__init__()
+        self.conv_reduce = nn.Conv2d(channels, reduced, 1)
+        self.act = nn.ReLU(inplace=True)
+        self.conv_expand = nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        se = self.conv_expand(self.act(self.conv_reduce(x.mean((2, 3), keepdim=True))))
+        return x * hard_sigmoid(se)
+
+
+class GhostBottleneck(nn.Module):
+    def __init__(self, cin: int, mid: int, cout: int) -> None:
+        super().__init__()
+        self.ghost1 = GhostModule(cin, mid, relu=True)
+        self.se = GhostSqueezeExcite(mid, max(mid // 4, 2))
+        self.ghost2 = GhostModule(mid, cout, relu=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ghost2(self.se(self.ghost1(x))) + x
+
+
+class GhostNetStyle(nn.Module):
+    def __init__(self, width: int = 8, labels: int = 4) -> None:
+        super().__init__()
+        self.conv_stem = nn.Conv2d(3, width, 3, 2, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.act1 = nn.ReLU(inplace=True)
+        self.blocks = nn.Sequential(GhostBottleneck(width, 13, width), GhostBottleneck(width, 11, width))
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(width, labels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.act1(self.bn1(self.conv_stem(x))))
+        return self.classifier(self.global_pool(x).flatten(1))
+
+
+class AlbertLayer(nn.Module):
+    """Hugging Face's AlbertLayer: post-norm attention and feed-forward with gelu_new."""
+
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query, self.key, self.value = (nn.Linear(hidden, hidden) for _ in range(3))
+        self.dense = nn.Linear(hidden, hidden)
+        self.attention_norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.ffn = nn.Linear(hidden, 2 * hidden)
+        self.ffn_output = nn.Linear(2 * hidden, hidden)
+        self.full_layer_layer_norm = nn.LayerNorm(hidden, eps=1e-12)
+
+    def heads_first(self, x: torch.Tensor) -> torch.Tensor:
+        n, length, hidden = x.shape
+        return x.view(n, length, self.heads, hidden // self.heads).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, extended_mask: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.heads_first(self.query(x)), self.heads_first(self.key(x)), self.heads_first(self.value(x))
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=extended_mask)
+        context = context.transpose(1, 2).flatten(2)
+        x = self.attention_norm(x + self.dense(context))
+        return self.full_layer_layer_norm(x + self.ffn_output(new_gelu(self.ffn(x))))
+
+
+class AlbertStyle(nn.Module):
+    """ALBERT: factorised embeddings projected to the hidden size, one layer whose weights
+    are shared by every repetition, a boolean padding mask, and a tanh pooler."""
+
+    def __init__(self, embedding: int = 6, hidden: int = 12, heads: int = 2, repeats: int = 3,
+                 labels: int = 2) -> None:
+        super().__init__()
+        self.embedding_hidden_mapping_in = nn.Linear(embedding, hidden)
+        self.shared = AlbertLayer(hidden, heads)
+        self.repeats = repeats
+        self.pooler = nn.Linear(hidden, hidden)
+        self.pooler_activation = nn.Tanh()
+        self.classifier = nn.Linear(hidden, labels)
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        n, length, _ = embeddings.shape
+        keep = torch.ones(n, length, dtype=torch.bool, device=embeddings.device)
+        keep[:, length - 1:] = False  # the last position is padding
+        extended_mask = keep[:, None, None, :]
+        x = self.embedding_hidden_mapping_in(embeddings)
+        for _ in range(self.repeats):
+            x = self.shared(x, extended_mask)
+        return self.classifier(self.pooler_activation(self.pooler(x[:, 0])))

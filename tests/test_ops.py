@@ -203,3 +203,45 @@ def test_shape_arithmetic_becomes_plain_size_calls():
     assert ".size(0)" in code
     x = torch.randn(6, 3, 4)
     torch.testing.assert_close(rewritten(x), x.reshape(3, -1))
+
+
+def _scalar_graph(body: list, consts: dict) -> object:
+    """``body`` over input ``x`` [n, 3, 4] and 0-d constants: how exporters write
+    ``arange(x.size(1))`` and friends, constants next to run-time values."""
+    inits = [const(name, value) for name, value in consts.items()]
+    return model(body, [helper.make_tensor_value_info("x", F32, ["n", 3, 4])],
+                 [helper.make_tensor_value_info("y", F32, None)], inits)
+
+
+SCALAR_CASES = {
+    # start and delta are 0-d constants, the limit a run-time size
+    "range_to_a_size": _scalar_graph([
+        helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        helper.make_node("Range", ["start", "n", "step"], ["r"]), helper.make_node("Cast", ["r"], ["f"], to=F32),
+        helper.make_node("Reshape", ["f", "column"], ["c"]), helper.make_node("Add", ["x", "c"], ["y"])],
+        {"zero": np.array(0, np.int64), "start": np.array(0, np.int64), "step": np.array(1, np.int64),
+         "column": i64(-1, 1, 1)}),
+    # a 0-d constant expanded to a run-time shape
+    "expand_a_scalar": _scalar_graph([
+        helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Expand", ["two", "s"], ["e"]),
+        helper.make_node("Mul", ["x", "e"], ["y"])], {"two": np.array(2.0, np.float32)}),
+    "constant_of_a_shape": _scalar_graph([
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("ConstantOfShape", ["s"], ["k"], value=helper.make_tensor("v", F32, [1], [0.5])),
+        helper.make_node("Add", ["x", "k"], ["y"])], {}),
+    "where_between_scalars": _scalar_graph([
+        helper.make_node("Greater", ["x", "zero"], ["g"]), helper.make_node("Where", ["g", "one", "minus"], ["w"]),
+        helper.make_node("Mul", ["x", "w"], ["y"])],
+        {"zero": np.array(0.0, np.float32), "one": np.array(1.0, np.float32), "minus": np.array(-0.5, np.float32)}),
+    "scalar_first_comparison": _scalar_graph([
+        helper.make_node("Less", ["zero", "x"], ["g"]), helper.make_node("Cast", ["g"], ["f"], to=F32),
+        helper.make_node("Add", ["x", "f"], ["y"])], {"zero": np.array(0.0, np.float32)}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCALAR_CASES))
+def test_zero_dim_constants_beside_runtime_values(name):
+    """The importer hands 0-d constants to torch as tensors of their ONNX type, so every
+    helper sees what ONNX gives it (a batch-dependent Range once crashed on `.item()`)."""
+    rewritten, report = rewrite(SCALAR_CASES[name], dims={"n": 3}, report=True)
+    assert all(entry["ok"] for entry in report.verification)

@@ -72,11 +72,12 @@ def add(ctx):
 
 converter("Sub")(_binary(operator.sub, operator.sub))
 converter("Mul")(_binary(operator.mul, operator.mul))
-converter("Equal")(_binary(torch.eq))
-converter("Less")(_binary(torch.lt))
-converter("LessOrEqual")(_binary(torch.le))
-converter("Greater")(_binary(torch.gt))
-converter("GreaterOrEqual")(_binary(torch.ge))
+# The operators, not torch.lt & co.: these take a Python number on either side.
+converter("Equal")(_binary(operator.eq))
+converter("Less")(_binary(operator.lt))
+converter("LessOrEqual")(_binary(operator.le))
+converter("Greater")(_binary(operator.gt))
+converter("GreaterOrEqual")(_binary(operator.ge))
 converter("And")(_binary(torch.logical_and))
 converter("Or")(_binary(torch.logical_or))
 converter("Xor")(_binary(torch.logical_xor))
