@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -13,11 +11,11 @@ from .batch import make_batch_dynamic
 from .cleanup import drop_identities, remove_dead_nodes
 from .constants import fold_constants
 from .functions import attach_functions
-from .graph import refresh_shapes
 from .maxima import exact_maxima
 from .normalization import decompose_log_softmax, decompose_normalization
 from .precision import upcast_half_precision
 from .products import shapley_products
+from .shapes import measure_shapes, refresh_shapes
 
 # The one list of passes, in the order they run.
 PIPELINE: list[GraphPass] = [
@@ -25,6 +23,7 @@ PIPELINE: list[GraphPass] = [
     remove_dead_nodes,
     drop_identities,
     make_batch_dynamic,
+    measure_shapes,
     fold_constants,
     fuse_activations,
     decompose_activations,
@@ -40,11 +39,10 @@ def run_passes(model: onnx.ModelProto, options: PassOptions | None = None,
     """Run ``pipeline`` (default :data:`PIPELINE`) over ``model``; return the new model and each
     pass's result."""
     options = options or PassOptions()
-    # Recorded types let passes tell float data from integer shape arithmetic.
-    # Without them passes treat unknown types as float, and verification has the last word.
-    with contextlib.suppress(onnx.shape_inference.InferenceError, RuntimeError):
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     graph = gs.import_onnx(model)
+    # Recorded types let passes tell float data from integer shape arithmetic; where
+    # inference cannot tell, passes treat a value as float, and verification has the last word.
+    refresh_shapes(graph)
     results = []
     for graph_pass in pipeline if pipeline is not None else PIPELINE:
         result = graph_pass(graph, options)

@@ -8,9 +8,10 @@ so reports can say exactly what happened.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 
@@ -24,10 +25,13 @@ class PassOptions:
         ReLUs', and on ReLU6-heavy networks (MobileNet) the ReLUs cost about 1.5x the
         forward time. On, the result is exact even with explainers rewriter cannot register
         rules with.
+    feeds: the check inputs by graph input name, at two batch sizes; shapes are measured
+        by running the graph on them (see ``shapes.measure_shapes``).
     """
 
     dynamic_batch: bool = True
     decompose_clips: bool = False
+    feeds: tuple[Mapping[str, np.ndarray], ...] = ()
 
 
 @dataclass
@@ -38,13 +42,15 @@ class PassResult:
     removed: list[str] = field(default_factory=list)
     added: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
+    note: str | None = None  # what a pass that changes no node found
 
     @property
     def count(self) -> int:
         return len(self.removed) + len(self.added) + len(self.changed)
 
     def as_dict(self) -> dict:
-        return {"pass": self.name, "removed": self.removed, "added": self.added, "changed": self.changed}
+        found = {"pass": self.name, "removed": self.removed, "added": self.added, "changed": self.changed}
+        return {**found, "note": self.note} if self.note else found
 
 
 GraphPass = Callable[[gs.Graph, PassOptions], PassResult]

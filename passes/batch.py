@@ -11,10 +11,10 @@ that nothing else depended on the literal.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
 from .base import PassOptions, PassResult
+from .shapes import inferred_types
 
 BATCH = "batch"
 
@@ -34,17 +34,13 @@ def _fixed_batch(graph: gs.Graph) -> int | None:
 
 def _inferred_leading_dims(graph: gs.Graph) -> dict[str, object]:
     """Leading dim of every tensor, by ONNX shape inference on the graph as it is now."""
-    model = gs.export_onnx(graph, do_type_check=False)
-    try:
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except onnx.shape_inference.InferenceError:
-        return {}
+    types = inferred_types(gs.export_onnx(graph, do_type_check=False))
     dims: dict[str, object] = {}
-    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
-        shape = vi.type.tensor_type.shape if vi.type.HasField("tensor_type") else None
+    for name, tp in types.items():
+        shape = tp.tensor_type.shape if tp.HasField("tensor_type") else None
         if shape is not None and shape.dim:
             first = shape.dim[0]
-            dims[vi.name] = first.dim_param or (first.dim_value if first.HasField("dim_value") else None)
+            dims[name] = first.dim_param or (first.dim_value if first.HasField("dim_value") else None)
     return dims
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import onnx
-import onnx.inliner
 import onnx_graphsurgeon as gs
 
 # Fused ops that ONNX has no standard op for (or not at every opset) live in this domain,
@@ -167,49 +165,6 @@ def float_dtype(tensor: gs.Tensor):
     except TypeError:
         return np.float32
     return dtype if dtype.kind == "f" else np.float32
-
-
-def inferred_types(model) -> dict:
-    """Value name -> inferred ``onnx.TypeProto`` for every value of ``model``.
-
-    onnxruntime's symbolic shape inference first: it follows shape arithmetic (a Div of a
-    dim, as attention writes head sizes) that ONNX's own inference gives up on. It does not
-    know model-local functions, so it runs on an inlined copy; inlining keeps the names of
-    the values outside the functions. ONNX's inference is the fallback.
-    """
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-    flat = onnx.inliner.inline_local_functions(model) if len(model.functions) else model
-    try:
-        inferred = SymbolicShapeInference.infer_shapes(flat, auto_merge=True)
-    except Exception:  # the tool raises assorted errors on graphs it cannot follow
-        inferred = None
-    if inferred is None:
-        try:
-            inferred = onnx.shape_inference.infer_shapes(flat, strict_mode=False, data_prop=True)
-        except (onnx.shape_inference.InferenceError, RuntimeError):
-            inferred = flat
-    graph = inferred.graph
-    return {vi.name: vi.type for vi in list(graph.value_info) + list(graph.output) + list(graph.input)}
-
-
-def refresh_shapes(graph: gs.Graph) -> None:
-    """Record inferred shapes and types on every tensor of ``graph``."""
-    from .functions import attach_functions  # functions imports this module
-
-    model = gs.export_onnx(graph, do_type_check=False)
-    attach_functions(model)
-    types = inferred_types(model)
-    for name, tensor in graph.tensors().items():
-        tp = types.get(name)
-        if not isinstance(tensor, gs.Variable) or tp is None or not tp.HasField("tensor_type"):
-            continue
-        tt = tp.tensor_type
-        if tt.elem_type:
-            tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        if tt.HasField("shape"):
-            tensor.shape = [d.dim_param if d.HasField("dim_param") else (d.dim_value if d.HasField("dim_value")
-                            else None) for d in tt.shape.dim]
 
 
 # Ops whose output carries no information about their data input's values.

@@ -97,7 +97,7 @@ def _drop_float_casts(graph: gs.Graph) -> list[str]:
 def upcast_half_precision(graph: gs.Graph, options: PassOptions) -> PassResult:
     """Make every float16/bfloat16 initializer, constant, cast target, input, output and
     recorded type float32, then drop the casts that became no-ops."""
-    from .graph import refresh_shapes
+    from .shapes import refresh_shapes  # shapes imports this module's package
 
     result = PassResult("upcast_half_precision")
     model = gs.export_onnx(graph, do_type_check=False)

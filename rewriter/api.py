@@ -14,10 +14,6 @@ import onnx
 import torch
 from torch import nn
 
-from passes import PassOptions, PassResult, run_passes
-from passes.graph import inferred_types
-from passes.precision import half_precision_type, upcast_model
-
 from .check import self_check
 from .errors import (
     AdditivityError,
@@ -33,6 +29,8 @@ from .importer import import_onnx
 from .load import normalize, parse_onnx, read_onnx
 from .naming import sanitize
 from .onnx_values import ONNX_TO_TORCH_DTYPE
+from .passes import PassOptions, run_passes
+from .passes.precision import half_precision_type, upcast_model
 from .report import RewriteReport, classify
 from .result import ExplainableModule
 from .verify import Reference, Tolerance, as_list, onnx_runner, other_batch, torch_runner, verify
@@ -98,25 +96,31 @@ def _output_names(model: onnx.ModelProto) -> list[str]:
     return [o.name for o in model.graph.output]
 
 
-def _with_inferred_types(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with every value's inferred type recorded, as the importer reads them."""
-    types = inferred_types(model)
-    known = {vi.name for vi in list(model.graph.input) + list(model.graph.output)}
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(onnx.helper.make_value_info(name, tp) for name, tp in types.items()
-                                  if name not in known)
-    return model
-
-
-def _extra_rows(source: onnx.ModelProto, results: list[PassResult]) -> int:
+def _extra_rows(source: onnx.ModelProto, dynamic_batch: bool) -> int:
     """How much bigger the second check batch is: a fixed batch made dynamic is checked at
     a multiple of itself (the source runs in chunks); one left fixed, at its own size."""
-    dims = [vi.type.tensor_type.shape.dim for vi in source.graph.input]
-    fixed = [d[0].dim_value for d in dims if d and d[0].HasField("dim_value") and d[0].dim_value > 0]
+    leading = [vi.type.tensor_type.shape.dim[0] if vi.type.tensor_type.shape.dim else None
+               for vi in _runtime_inputs(source)]
+    fixed = {d.dim_value for d in leading if d is not None and d.HasField("dim_value") and d.dim_value > 0}
     if not fixed:
         return 1
-    made_dynamic = any(r.name == "make_batch_dynamic" and r.changed for r in results)
-    return fixed[0] if made_dynamic else 0
+    # As passes/batch.py decides: every input shares one fixed leading dim.
+    shared = len(fixed) == 1 and all(d is not None and d.HasField("dim_value") for d in leading)
+    return next(iter(fixed)) if dynamic_batch and shared else 0
+
+
+def _runtime_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    initializers = {i.name for i in model.graph.initializer}
+    return [vi for vi in model.graph.input if vi.name not in initializers]
+
+
+def _feeds(model: onnx.ModelProto, inputs: tuple[torch.Tensor, ...], extra_rows: int) -> tuple[dict, ...]:
+    """The check inputs at both batch sizes, by graph input name, for measuring shapes."""
+    names = [vi.name for vi in _runtime_inputs(model)]
+    if not inputs or len(names) != len(inputs):
+        return ()
+    return tuple({name: t.detach().cpu().numpy() for name, t in zip(names, batch)}
+                 for batch in (inputs, other_batch(inputs, extra_rows)))
 
 
 @dataclass
@@ -274,9 +278,10 @@ def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str
     else:
         source = _read(model, tuple(example_inputs), dims, exporter, opset, clock)
         info, inputs, references = source.report, source.inputs, source.references
-        module = _passes_and_import(source, PassOptions(dynamic_batch, decompose_clips), clock)
+        extra_rows = _extra_rows(source.proto, dynamic_batch) if info.source == "onnx" else 1
+        options = PassOptions(dynamic_batch, decompose_clips, _feeds(source.prepared, inputs, extra_rows))
+        module = _passes_and_import(source, options, clock)
         output_names = _output_names(source.proto)
-        extra_rows = _extra_rows(source.proto, info.passes) if info.source == "onnx" else 1
     with clock.stage("verify", "verifying against the source"):
         info.verification = verify(module, references, inputs, output_names, Tolerance(atol, rtol), extra_rows)
     info.nodes = classify(module)
@@ -295,7 +300,7 @@ def _passes_and_import(source: _Source, options: PassOptions, clock: _Clock) -> 
     with clock.stage("passes", "running passes"):
         rewritten, info.passes = run_passes(source.prepared, options)
     with clock.stage("import", "importing into torch"):
-        return import_onnx(_with_inferred_types(rewritten), source.class_name)
+        return import_onnx(rewritten, source.class_name)
 
 
 def inspect(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str, int] | None = None,

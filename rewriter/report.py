@@ -32,9 +32,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from passes import PassResult
-
 from . import explainers, functional, modules
+from .passes import PassResult
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 

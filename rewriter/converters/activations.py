@@ -8,9 +8,8 @@ import math
 import torch
 from torch import nn
 
-from passes.graph import DOMAIN
-
 from .. import modules
+from ..passes.graph import DOMAIN
 from . import converter
 
 _SELU_ALPHA = 1.6732632423543772

@@ -8,11 +8,10 @@ import operator
 import torch
 from torch import nn
 
-from passes.graph import DOMAIN
-
 from .. import dims, functional, modules
 from ..dims import Dims
 from ..onnx_values import ONNX_TO_TORCH_DTYPE
+from ..passes.graph import DOMAIN
 from . import converter
 
 

@@ -8,9 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from passes.graph import DOMAIN
-
 from .. import functional, modules
+from ..passes.graph import DOMAIN
 from . import converter
 
 

@@ -6,9 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from passes.graph import DOMAIN
-
 from .. import functional, modules
+from ..passes.graph import DOMAIN
 from . import converter
 from .layers import spatial_padding
 

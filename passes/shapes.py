@@ -1,0 +1,165 @@
+"""What the passes and the importer know of each value's type and shape.
+
+**Measured** where the graph can run: onnxruntime runs it on the check inputs at two batch
+sizes with every value exposed as an output. A dim of the same size in both runs is
+static; one that equals the batch in both runs is the batch, on whatever axis transposes
+and reshapes put it; ``k`` times the batch is written ``"k*batch"``; anything else is
+unknown. Symbolic non-batch dims of the inputs (a sequence length) take the example
+inputs' size, so the rewrite is specialised to it (and says so).
+
+**Inferred** by ONNX's own shape inference, with data propagation: before measuring, for
+graphs onnxruntime cannot run, and for the nodes passes add later, whose inputs' shapes
+are known by then so no symbolic arithmetic is needed.
+
+(onnxruntime's symbolic shape inference, used before, writes the model into the working
+directory whenever it cannot finish, and was the largest single cost of a rewrite.)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnx.inliner
+import onnx_graphsurgeon as gs
+
+from ..errors import describe
+from .base import PassOptions, PassResult
+from .weights import light_copy, ort_session
+
+log = logging.getLogger("shaprewrite")
+
+Dim = int | str | None
+
+
+def inferred_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    """Value name -> type (with shape) from ONNX's shape inference; what is recorded already
+    where inference fails. Never raises, never serializes the weights."""
+    light, _ = light_copy(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
+    except (onnx.shape_inference.InferenceError, RuntimeError, ValueError) as exc:
+        log.debug("ONNX shape inference failed, keeping the recorded shapes: %s", exc)
+        inferred = light
+    graph = inferred.graph
+    return {vi.name: vi.type for vi in [*graph.value_info, *graph.output, *graph.input]}
+
+
+def _dims_of(tp: onnx.TypeProto) -> list[Dim] | None:
+    if not tp.HasField("tensor_type") or not tp.tensor_type.HasField("shape"):
+        return None
+    return [d.dim_param if d.HasField("dim_param") else (d.dim_value if d.HasField("dim_value") else None)
+            for d in tp.tensor_type.shape.dim]
+
+
+def _fully_known(shape) -> bool:
+    return shape is not None and all(d is not None for d in shape)
+
+
+def refresh_shapes(graph: gs.Graph) -> None:
+    """Infer the type and shape of every tensor not yet fully known (what a pass added)."""
+    from .functions import attach_functions  # functions imports graph helpers this module uses
+
+    model = gs.export_onnx(graph, do_type_check=False)
+    attach_functions(model)
+    types = inferred_types(model)
+    for name, tensor in graph.tensors().items():
+        tp = types.get(name)
+        if not isinstance(tensor, gs.Variable) or tp is None or not tp.HasField("tensor_type"):
+            continue
+        if tp.tensor_type.elem_type and tensor.dtype is None:
+            tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(tp.tensor_type.elem_type)
+        if not _fully_known(tensor.shape):
+            found = _dims_of(tp)
+            if found is not None:
+                tensor.shape = found
+
+
+def _batch_dim(d1: int, d2: int, b1: int, b2: int, symbol: str) -> Dim:
+    if d1 == d2:
+        return d1
+    if d1 == b1 and d2 == b2:
+        return symbol
+    if b1 and b2 and d1 % b1 == 0 and d2 % b2 == 0 and d1 // b1 == d2 // b2:
+        return f"{d1 // b1}*{symbol}"
+    return None
+
+
+def measure(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]]) -> dict[str, tuple] | str:
+    """``{value: (numpy dtype, dims)}`` for every value of ``model``'s main graph, measured by
+    running it on each feed (see the module notes), or why it could not run."""
+    import onnxruntime as ort
+
+    graph = model.graph
+    declared = {o.name for o in graph.output}
+    names = [o for node in graph.node for o in node.output if o and o not in declared]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort_session(model, options, names)
+        output_names = [o.name for o in session.get_outputs()]
+        runs = []
+        for feed in feeds:
+            values = session.run(None, dict(feed))
+            runs.append({n: (v.dtype, v.shape) for n, v in zip(output_names, values) if isinstance(v, np.ndarray)})
+            del values
+    except Exception as exc:  # onnxruntime raises its own types for graphs it cannot run
+        return f"onnxruntime could not run the graph ({describe(exc)})"
+    batch_inputs = [i for i in graph.input if i.name in feeds[0] and len(feeds) > 1
+                    and np.shape(feeds[0][i.name])[:1] != np.shape(feeds[1][i.name])[:1]]
+    if batch_inputs:
+        first = batch_inputs[0]
+        b1, b2 = (int(np.shape(feed[first.name])[0]) for feed in feeds[:2])
+        dims = _dims_of(first.type) or [None]
+        symbol = dims[0] if isinstance(dims[0], str) else "batch"
+    found: dict[str, tuple] = {}
+    for name, (dtype, shape) in runs[0].items():
+        if not batch_inputs:
+            found[name] = (dtype, list(shape))
+            continue
+        other = runs[1].get(name)
+        if other is None or len(other[1]) != len(shape):
+            continue
+        found[name] = (dtype, [_batch_dim(d1, d2, b1, b2, symbol) for d1, d2 in zip(shape, other[1])])
+    return found
+
+
+def measure_shapes(graph: gs.Graph, options: PassOptions) -> PassResult:
+    """Record every value's type and shape as measured by running the graph on the check
+    inputs at two batch sizes (see the module notes). Changes no node; the result's note
+    says where the shapes came from."""
+    result = PassResult("measure_shapes")
+    if not options.feeds:
+        result.note = "shapes inferred by ONNX (no inputs to measure them with)"
+        return result
+    from .functions import attach_functions
+
+    model = gs.export_onnx(graph, do_type_check=False)
+    attach_functions(model)
+    found = measure(model, options.feeds)
+    if isinstance(found, str):
+        log.debug("shapes not measured: %s", found)
+        result.note = f"shapes inferred by ONNX: {found}"
+        return result
+    tensors = graph.tensors()
+    for name, (dtype, dims) in found.items():
+        tensor = tensors.get(name)
+        if isinstance(tensor, gs.Variable):
+            tensor.dtype, tensor.shape = dtype, dims
+    sizes = sorted({int(np.shape(feed[next(iter(feed))])[0]) if feed else 0 for feed in options.feeds})
+    result.note = f"shapes measured at batch {' and '.join(map(str, sizes))}"
+    return result
+
+
+def static_bytes(tp: onnx.TypeProto, batch: int) -> int | None:
+    """Bytes a value of type ``tp`` takes when its symbolic dims (the batch) are ``batch``;
+    None when a dim is unknown."""
+    dims = _dims_of(tp)
+    if dims is None or any(d is None for d in dims) or not tp.tensor_type.elem_type:
+        return None
+    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tp.tensor_type.elem_type)).itemsize
+    return math.prod(d if isinstance(d, int) else batch for d in dims) * itemsize
