@@ -152,7 +152,28 @@ def measure_shapes(graph: gs.Graph, options: PassOptions) -> PassResult:
             tensor.dtype, tensor.shape = dtype, dims
     sizes = sorted({int(np.shape(feed[next(iter(feed))])[0]) if feed else 0 for feed in options.feeds})
     result.note = f"shapes measured at batch {' and '.join(map(str, sizes))}"
+    fixed = _specialise_inputs(graph, options.feeds)
+    if fixed:
+        result.note += "; " + ", ".join(fixed) + " (the rewrite serves these sizes)"
     return result
+
+
+def _specialise_inputs(graph: gs.Graph, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[str]:
+    """Give the graph inputs' symbolic non-batch dims the size the check inputs have (the
+    same in every feed); the descriptions of what was fixed."""
+    fixed = []
+    for tensor in graph.inputs:
+        sizes = [np.shape(feed[tensor.name]) for feed in feeds if tensor.name in feed]
+        if not sizes or not tensor.shape:
+            continue
+        shape = list(tensor.shape)
+        for axis, dim in enumerate(shape):
+            same = {s[axis] for s in sizes if len(s) == len(shape)}
+            if axis > 0 and isinstance(dim, str) and len(same) == 1:
+                shape[axis] = int(same.pop())
+                fixed.append(f"input '{tensor.name}' dim {axis} ('{dim}') fixed at {shape[axis]}")
+        tensor.shape = shape
+    return fixed
 
 
 def static_bytes(tp: onnx.TypeProto, batch: int) -> int | None:

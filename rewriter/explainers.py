@@ -37,11 +37,7 @@ from . import modules
 SHAP_MODULE = "shap.explainers._deep.deep_pytorch"
 CAPTUM_MODULE = "captum.attr._core.deep_lift"
 
-RESCALE_MODULES: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
-    nn.Hardsigmoid, nn.Hardtanh, nn.ReLU6, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign, nn.PReLU,
-    *modules.elementwise_classes(),
-)
+RESCALE_MODULES: tuple[type[nn.Module], ...] = (*modules.TORCH_ELEMENTWISE, nn.PReLU, *modules.elementwise_classes())
 
 
 def _shap_exact_rule(module: modules.ExactRule, grad_input, grad_output):

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from .errors import InputError
+
 IntsLike = Sequence[int] | torch.Tensor
 
 
@@ -27,6 +29,18 @@ def ints(value: IntsLike | int) -> list[int]:
     if isinstance(value, int):
         return [value]
     return [int(v) for v in value]
+
+
+def check_input(x: torch.Tensor, shape: Sequence[int | str | None], name: str) -> torch.Tensor:
+    """``x`` itself, when its shape is the one the model was rewritten for: the sizes in
+    ``shape`` fixed, its strings (the batch) free. Otherwise a clear error, not a failure
+    deep inside the graph."""
+    if x.dim() != len(shape) or any(isinstance(want, int) and got != want for got, want in zip(x.shape, shape)):
+        expected = "[" + ", ".join(str(d) if d is not None else "?" for d in shape) + "]"
+        raise InputError(f"input '{name}' has shape {list(x.shape)}; this model was rewritten for {expected}",
+                         fix="pass inputs of that shape, or rewrite the model again with example inputs of the "
+                             "shape you need")
+    return x
 
 
 def onnx_dims(items: Sequence[int], scalar: bool = False) -> torch.Tensor:

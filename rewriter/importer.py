@@ -23,7 +23,7 @@ from . import functional
 from .converters import CONVERTERS, STANDARD_DOMAINS, op_key
 from .dims import Dims, items_of
 from .errors import ConversionError, UnsupportedOpError
-from .modules import is_linear_layer
+from .modules import is_linear_layer, keeps_meaning_when_batch_moves
 from .naming import sanitize
 from .onnx_values import ONNX_TO_TORCH_DTYPE, attribute_value, tensor_from_proto
 from .result import ExplainableModule
@@ -172,12 +172,28 @@ class NodeContext:
         return self._importer.emit("call_method", name, (obj, *args), kwargs)
 
     def module(self, module: nn.Module, *args: Value, suffix: str = "") -> Value:
-        """Call ``module`` as a leaf submodule named after this node (plus ``suffix``)."""
+        """Call ``module`` as a leaf submodule named after this node (plus ``suffix``).
+
+        Explainers pair each row of a module's input with its reference row along dim 0, so
+        an input whose batch sits on another axis has it moved to the front around the
+        module (two linear ``movedim`` calls), where the module's meaning allows.
+        """
         if not any(isinstance(a, fx.Node) for a in args):
             with torch.no_grad():
                 return module(*args)
         name = self._importer.add_module(self.name + suffix, module)
-        return self._importer.tag(self._importer.graph.call_module(name, tuple(args)))
+        first = args[0]
+        axis = first.meta.get("batch_axis") if isinstance(first, fx.Node) else None
+        rank = len(first.meta.get("shape") or ()) if isinstance(first, fx.Node) else 0
+        if not axis or not keeps_meaning_when_batch_moves(module, axis, rank):
+            return self._importer.tag(self._importer.graph.call_module(name, tuple(args)))
+        moved = self.method("movedim", first, axis, 0)
+        result = self._importer.tag(self._importer.graph.call_module(name, (moved, *args[1:])))
+        return self.method("movedim", result, 0, axis)
+
+    def batch_axis(self, i: int) -> int | None:
+        """The axis of input ``i`` that is the batch, when exactly one is known to be."""
+        return self._importer.batch_axis(self.info(i))
 
     def getitem(self, value: Value, index: Any) -> Value:
         return self.call(operator.getitem, value, index)
@@ -298,7 +314,11 @@ class Importer:
         for inp in graph.input:
             if inp.name in initializers:
                 continue
-            self.set_value(inp.name, self.graph.placeholder(self._unique_attr(sanitize(inp.name))))
+            value = self.graph.placeholder(self._unique_attr(sanitize(inp.name)))
+            shape = self.infos[inp.name].shape
+            if shape and any(isinstance(d, int) for d in shape):
+                value = self.emit("call_function", functional.check_input, (value, list(shape), inp.name), {})
+            self.set_value(inp.name, value)
         self._batch_dims = {self.infos[i.name].shape[0] for i in graph.input
                             if i.name not in initializers and self.infos.get(i.name, _UNKNOWN).shape}
         self._symbolic_batch = any(isinstance(d, str) for d in self._batch_dims)
@@ -314,15 +334,24 @@ class Importer:
         module.eval()
         return module
 
+    def batch_axis(self, info: TensorInfo) -> int | None:
+        """The axis of a value that is the batch (a graph input's symbolic leading dim), when
+        exactly one is."""
+        if not info.shape:
+            return None
+        axes = [i for i, d in enumerate(info.shape) if isinstance(d, str) and d in self._batch_dims]
+        return axes[0] if len(axes) == 1 else None
+
     def _describe(self, node: fx.Node, info: TensorInfo) -> None:
-        """Record the value's dtype, and whether its leading dim is the batch, for reports."""
+        """Record the value's dtype, shape and batch axis on its fx node, for module calls
+        and reports; ``batch_leading`` False marks a value whose rows are not the batch's."""
         node.meta.setdefault("dtype", info.dtype)
         if not info.shape:
             return
-        first = info.shape[0]
-        if first in self._batch_dims:
-            node.meta.setdefault("batch_leading", True)
-        elif isinstance(first, int) and self._symbolic_batch:
+        node.meta.setdefault("shape", info.shape)
+        axis = self.batch_axis(info)
+        node.meta.setdefault("batch_axis", axis)
+        if axis is None and isinstance(info.shape[0], int) and self._symbolic_batch:
             node.meta.setdefault("batch_leading", False)  # a fixed size where the batch belongs
 
     def _isolate_module_inputs(self) -> None:
@@ -339,7 +368,8 @@ class Importer:
             source = node.args[0]
             if not isinstance(source, fx.Node):
                 continue
-            if len(source.users) > 1 or source.op in ("call_module", "placeholder"):
+            if len(source.users) > 1 or source.op in ("call_module", "placeholder") \
+                    or source.target is functional.check_input:  # returns the input itself
                 with self.graph.inserting_before(node):
                     private = self.graph.call_method("view_as", (source, source))
                     private.name = self.graph._graph_namespace.create_name(f"{node.target}_input", None)

@@ -24,6 +24,21 @@ def is_linear_layer(module: nn.Module) -> bool:
     return isinstance(module, _LINEAR_LAYERS)
 
 
+# torch's elementwise activations (PReLU aside: its slopes follow the channel axis).
+TORCH_ELEMENTWISE: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
+    nn.Hardsigmoid, nn.Hardtanh, nn.ReLU6, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign)
+
+
+def keeps_meaning_when_batch_moves(module: nn.Module, axis: int, rank: int) -> bool:
+    """Whether ``module`` computes the same values when its input's axis ``axis`` is moved
+    to the front: elementwise modules always, last-axis rules (normalisation, softmax)
+    unless that axis is the last."""
+    if isinstance(module, (*TORCH_ELEMENTWISE, Elementwise)):
+        return True
+    return isinstance(module, (Standardize, ExactSoftmax)) and axis < rank - 1
+
+
 class Elementwise(nn.Module):
     """A one-input, elementwise nonlinearity ``y = fn(x)``; subclasses set ``fn`` or override
     ``forward``."""

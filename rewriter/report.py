@@ -50,9 +50,10 @@ _LINEAR = {
     functional.onnx_split_to_sequence, functional.onnx_tile, functional.onnx_pad, functional.onnx_resize,
     functional.onnx_depth_to_space, functional.onnx_space_to_depth, functional.onnx_trilu, functional.onnx_cumsum,
     functional.onnx_avg_pool_padded, functional.pack_operands, functional.onnx_constant_of_shape,
+    functional.check_input,
 }
 _LINEAR_METHODS = {"reshape", "permute", "select", "squeeze", "unsqueeze", "view_as", "t", "flatten", "expand",
-                   "transpose", "contiguous"}
+                   "transpose", "contiguous", "movedim"}
 # Values that carry no information about the input's values.
 _VALUE_FREE_FUNCTIONS = {functional.onnx_shape, functional.onnx_size, functional.onnx_dims, functional.onnx_range,
                          functional.onnx_trunc_div, functional.onnx_sequence_length, torch.ones_like}

@@ -921,3 +921,26 @@ class AlbertStyle(nn.Module):
         for _ in range(self.repeats):
             x = self.shared(x, extended_mask)
         return self.classifier(self.pooler_activation(self.pooler(x[:, 0])))
+
+
+class SequenceFirstAttention(nn.Module):
+    """Self-attention written sequence-first, as pre-``batch_first`` code does: ``[T, N, E]``
+    throughout, heads merged into the batch for ``bmm`` like nn.MultiheadAttention's own code."""
+
+    def __init__(self, dim: int = 8, heads: int = 2, labels: int = 3) -> None:
+        super().__init__()
+        self.heads = heads
+        self.in_proj = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, labels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.transpose(0, 1)  # [T, N, E]
+        length, n, dim = x.shape
+        q, k, v = self.in_proj(x).chunk(3, dim=-1)
+        q, k, v = (t.contiguous().view(length, n * self.heads, dim // self.heads).transpose(0, 1) for t in (q, k, v))
+        weights = torch.softmax(torch.bmm(q, k.transpose(1, 2)) / math.sqrt(dim // self.heads), dim=-1)
+        context = torch.bmm(weights, v).transpose(0, 1).contiguous().view(length, n, dim)
+        h = self.norm(x + self.out_proj(context))
+        return self.head(torch.relu(h).mean(0))

@@ -103,3 +103,55 @@ def keras_mixed_float16_cnn(seed: int = 0) -> onnx.ModelProto:
     return model(nodes, [helper.make_tensor_value_info("input_1", TensorProto.FLOAT, ["unk__9", 6, 6, 3])],
                  [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["unk__9", 3])], inits, opset=13,
                  name="tf2onnx")
+
+
+def keras_multi_head_attention(seq: int = 5, dim: int = 8, heads: int = 2, seed: int = 0) -> onnx.ModelProto:
+    """What tf2onnx emits for a Keras ``MultiHeadAttention`` self-attention block and a
+    mean-pooled head: Dense projections as MatMul + Add, head splits as Reshapes whose
+    targets are computed from ``Shape`` (batch and sequence read at run time), Transposes,
+    two MatMuls and a Softmax. The batch is symbolic; the sequence length is static."""
+    rng = np.random.default_rng(seed)
+    f32, head_dim = np.float32, dim // heads
+    inits = [const(f"{p}_w", (rng.normal(size=(dim, dim)) * 0.4).astype(f32)) for p in "qkvo"]
+    inits += [const(f"{p}_b", (rng.normal(size=(dim,)) * 0.1).astype(f32)) for p in "qkvo"]
+    inits += [
+        const("head_w", (rng.normal(size=(dim, 3)) * 0.4).astype(f32)),
+        const("zero", np.array(0, np.int64)), const("one", np.array(1, np.int64)),
+        const("axis0", np.array([0], np.int64)), const("heads_dims", np.array([heads, head_dim], np.int64)),
+        const("model_dim", np.array([dim], np.int64)), const("scale", np.array(head_dim ** -0.5, f32)),
+        const("seq_axis", np.array([1], np.int64)),
+    ]
+    prefix = "model/multi_head_attention"
+    nodes = [
+        helper.make_node("Shape", ["query"], ["shape"], name=f"{prefix}/Shape"),
+        helper.make_node("Gather", ["shape", "zero"], ["batch"], axis=0, name=f"{prefix}/strided_slice"),
+        helper.make_node("Gather", ["shape", "one"], ["length"], axis=0, name=f"{prefix}/strided_slice_1"),
+        helper.make_node("Unsqueeze", ["batch", "axis0"], ["batch1"], name=f"{prefix}/Unsqueeze"),
+        helper.make_node("Unsqueeze", ["length", "axis0"], ["length1"], name=f"{prefix}/Unsqueeze_1"),
+        helper.make_node("Concat", ["batch1", "length1", "heads_dims"], ["split_shape"], axis=0,
+                         name=f"{prefix}/Reshape/shape"),
+        helper.make_node("Concat", ["batch1", "length1", "model_dim"], ["merge_shape"], axis=0,
+                         name=f"{prefix}/Reshape_3/shape"),
+    ]
+    for p, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])):
+        nodes += [
+            helper.make_node("MatMul", ["query", f"{p}_w"], [f"{p}_mm"], name=f"{prefix}/{p}/MatMul"),
+            helper.make_node("Add", [f"{p}_mm", f"{p}_b"], [f"{p}_dense"], name=f"{prefix}/{p}/BiasAdd"),
+            helper.make_node("Reshape", [f"{p}_dense", "split_shape"], [f"{p}_heads"], name=f"{prefix}/{p}/Reshape"),
+            helper.make_node("Transpose", [f"{p}_heads"], [f"{p}_t"], perm=perm, name=f"{prefix}/{p}/transpose"),
+        ]
+    nodes += [
+        helper.make_node("MatMul", ["q_t", "k_t"], ["scores"], name=f"{prefix}/einsum/Einsum"),
+        helper.make_node("Mul", ["scores", "scale"], ["scaled"], name=f"{prefix}/Mul"),
+        helper.make_node("Softmax", ["scaled"], ["weights"], axis=3, name=f"{prefix}/softmax/Softmax"),
+        helper.make_node("MatMul", ["weights", "v_t"], ["context"], name=f"{prefix}/einsum_1/Einsum"),
+        helper.make_node("Transpose", ["context"], ["context_t"], perm=[0, 2, 1, 3], name=f"{prefix}/transpose_1"),
+        helper.make_node("Reshape", ["context_t", "merge_shape"], ["merged"], name=f"{prefix}/Reshape_3"),
+        helper.make_node("MatMul", ["merged", "o_w"], ["o_mm"], name=f"{prefix}/attention_output/MatMul"),
+        helper.make_node("Add", ["o_mm", "o_b"], ["attended"], name=f"{prefix}/attention_output/BiasAdd"),
+        helper.make_node("ReduceMean", ["attended"], ["pooled"], axes=[1], keepdims=0, name="model/pool/Mean"),
+        helper.make_node("MatMul", ["pooled", "head_w"], ["logits"], name="model/dense/MatMul"),
+    ]
+    return model(nodes, [helper.make_tensor_value_info("query", TensorProto.FLOAT, ["unk__7", seq, dim])],
+                 [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["unk__7", 3])], inits, opset=13,
+                 name="tf2onnx")

@@ -16,7 +16,6 @@ from architectures import (
     ResNetStem,
     RMSNormBlock,
     SDPAttention,
-    SequenceFirstEncoder,
     SqueezeExciteNet,
     randomize_batchnorm,
 )
@@ -125,16 +124,6 @@ def test_attention_from_the_torchscript_exporter(name):
     assert sum(isinstance(m, ShapleyProduct) for m in rewritten.modules()) >= 2
     assert shap_relative_error(rewritten, torch.randn(10, *shape), torch.randn(3, *shape)) < EXACT
     assert captum_relative_delta(rewritten, torch.randn(3, *shape), torch.randn(3, *shape)) < EXACT
-
-
-def test_batch_not_leading_is_reported_approximate():
-    """Explainers pair row i with row i + n/2 along dim 0; a sequence-first activation
-    breaks that pairing, and the report says so instead of claiming exactness."""
-    torch.manual_seed(0)
-    _, report = rewrite(SequenceFirstEncoder().eval(), torch.randn(4, 5, 8), report=True)
-    reasons = [value["reason"] for entry in report.nodes for value in entry.values()
-               if isinstance(value, dict) and value.get("kind") == "approximate"]
-    assert report.approximate and any("batch is not the leading dim" in r for r in reasons)
 
 
 def test_softmax_is_exact_up_to_the_models_own_float32_rounding():

@@ -11,7 +11,7 @@ from explain import captum_relative_delta, shap_relative_error
 from onnx import TensorProto, helper
 from onnx_graphs import const, fixed_batch_mlp, keras_like_cnn, model
 
-from rewriter import UnsupportedOpError, rewrite
+from rewriter import InputError, UnsupportedOpError, rewrite
 
 EXACT = 1e-4
 
@@ -57,7 +57,7 @@ def test_static_batch_option_keeps_the_fixed_batch():
     proto = fixed_batch_mlp(batch=1)
     rewritten, report = rewrite(proto, dynamic_batch=False, report=True)
     assert not next(p for p in report.passes if p.name == "make_batch_dynamic").changed
-    with pytest.raises(RuntimeError):
+    with pytest.raises(InputError, match=r"rewritten for \[1, 3, 4\]"):
         rewritten(torch.randn(3, 3, 4))
 
 
