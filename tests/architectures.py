@@ -944,3 +944,17 @@ class SequenceFirstAttention(nn.Module):
         context = torch.bmm(weights, v).transpose(0, 1).contiguous().view(length, n, dim)
         h = self.norm(x + self.out_proj(context))
         return self.head(torch.relu(h).mean(0))
+
+
+class SequenceFirstGate(nn.Module):
+    """A GLU feed-forward applied sequence-first (``[T, N, E]``): the product's operands have
+    the batch on axis 1."""
+
+    def __init__(self, dim: int = 8, labels: int = 2) -> None:
+        super().__init__()
+        self.value, self.gate = nn.Linear(dim, 2 * dim), nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(2 * dim, labels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.transpose(0, 1)
+        return self.out((self.value(x) * torch.sigmoid(self.gate(x))).mean(0))

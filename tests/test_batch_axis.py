@@ -13,7 +13,7 @@ import io
 import onnx
 import pytest
 import torch
-from architectures import SequenceFirstAttention, SequenceFirstEncoder
+from architectures import SequenceFirstAttention, SequenceFirstEncoder, SequenceFirstGate
 from explain import captum_relative_delta, shap_relative_error
 from onnx_graphs import keras_multi_head_attention
 from torch import nn
@@ -65,7 +65,8 @@ def test_keras_multi_head_attention_from_tf2onnx_is_exact():
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
-@pytest.mark.parametrize("make", [SequenceFirstEncoder, SequenceFirstAttention], ids=["torch_layer", "by_hand"])
+@pytest.mark.parametrize("make", [SequenceFirstEncoder, SequenceFirstAttention, SequenceFirstGate],
+                         ids=["torch_layer", "attention_by_hand", "gate"])
 def test_sequence_first_layers_are_exact(make, exporter):
     torch.manual_seed(0)
     model = make().eval()
