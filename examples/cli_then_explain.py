@@ -3,8 +3,9 @@
     python examples/cli_then_explain.py [WORKDIR]
 
 Exports a small CNN to ONNX (standing in for a file you were given), runs
-``shaprewrite model.onnx model.pt``, loads ``model.pt`` as any pipeline would, and
-explains it with shap.DeepExplainer, checking that the attributions add up.
+``shaprewrite model.onnx model.pt``, loads ``model.pt`` with ``rewriter.load`` (data only:
+no code from the file runs) as any pipeline would, and explains it with
+shap.DeepExplainer, checking that the attributions add up.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 import shap
 import torch
 from torch import nn
+
+import rewriter
 
 
 def make_onnx(path: Path) -> None:
@@ -31,7 +34,7 @@ def main(workdir: Path) -> int:
     make_onnx(onnx_path)
     subprocess.run([sys.executable, "-m", "rewriter.cli", str(onnx_path), str(pt_path), "--force"], check=True)
 
-    model = torch.load(pt_path, weights_only=False)  # a pickle: load only files you trust
+    model = rewriter.load(pt_path)  # data only: safe on files from anyone
     background, images = torch.randn(10, 1, 8, 8), torch.randn(2, 1, 8, 8)
     values = shap.DeepExplainer(model, background).shap_values(images)  # SHAP's own additivity check on
     print(f"explained {values.shape[0]} images, {values.shape[-1]} outputs: attributions add up")

@@ -1,12 +1,14 @@
 """shaprewrite: rewrite models so SHAP DeepExplainer and Captum DeepLift explain them exactly.
 
-    from rewriter import rewrite
+    from rewriter import load, rewrite, save
     explainable = rewrite(model, x)          # torch model + example inputs
     explainable = rewrite("model.onnx")      # or any ONNX file
+    save(explainable, "model.pt")             # data only: load("model.pt") runs no code from it
 """
 
 from . import explainers
 from .api import inspect, rewrite
+from .artifact import load, save
 from .errors import (
     AdditivityError,
     ConversionError,
@@ -36,5 +38,7 @@ __all__ = [
     "UnsupportedOpError",
     "VerificationError",
     "inspect",
+    "load",
     "rewrite",
+    "save",
 ]

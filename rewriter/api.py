@@ -26,8 +26,8 @@ from .errors import (
 )
 from .export import export_module
 from .importer import import_onnx
-from .load import normalize, parse_onnx, read_onnx
 from .naming import sanitize
+from .onnx_io import normalize, parse_onnx, read_onnx
 from .onnx_values import ONNX_TO_TORCH_DTYPE
 from .passes import PassOptions, run_passes
 from .passes.precision import half_precision_type, upcast_model

@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
-import tempfile
+import threading
 import time
 from pathlib import Path
 
-import torch
-
 from .api import inspect, rewrite
+from .artifact import save
 from .errors import AdditivityError, InputError, OutputError, ShapRewriteError, UnsupportedOpError
+from .files import write_atomically
 from .report import RewriteReport
 
 EXIT_CODES = """\
@@ -28,9 +29,9 @@ examples:
   shaprewrite model.onnx model.pt --dim seq=128 --rtol 1e-3
   shaprewrite inspect model.onnx
 
-The output is a pickled torch.fx.GraphModule: load it with
-torch.load(path, weights_only=False) where shaprewrite is installed, and only
-load files you trust (pickle can run code).
+The output holds data only (the rewritten graph and its weights): load it with
+rewriter.load(path), which runs no code from the file; torch.load(path,
+weights_only=True) reads it too.
 
 {EXIT_CODES}"""
 
@@ -91,23 +92,6 @@ def build_inspect_parser() -> argparse.ArgumentParser:
     parser.add_argument("input", help="ONNX model file")
     _common(parser)
     return parser
-
-
-def write_atomically(write, output: Path) -> None:
-    """Write through ``write(handle)`` to a temporary file beside ``output``, then rename it
-    into place: readers never see half a file, a failure leaves nothing behind."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    except OSError as exc:
-        raise OutputError(f"cannot write in '{output.parent}': {exc.strerror or exc}",
-                          fix="choose a writable directory") from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check_output(output: Path, force: bool) -> None:
@@ -196,10 +180,7 @@ def run(args: argparse.Namespace) -> int:
             detail = "; ".join(f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}" for k, v in failures.items())
             raise AdditivityError(f"the self-check failed ({detail}; threshold {args.threshold:g}); nothing was written",
                                   fix="see the report's 'approximate' list for the nodes at fault, or raise --threshold")
-    try:
-        write_atomically(lambda handle: torch.save(module, handle), output)
-    except OSError as exc:
-        raise OutputError(f"cannot write '{output}': {exc.strerror or exc}", fix="check the path and free space") from exc
+    save(module, output, overwrite=args.force)
     terminal.print(f"shaprewrite: wrote {output}")
     return 0
 
@@ -215,10 +196,20 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised where the process is, so every ``finally`` (temporary files) runs."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     inspecting = bool(argv) and argv[0] == "inspect"
     args = (build_inspect_parser() if inspecting else build_parser()).parse_args(argv[1:] if inspecting else argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signals can only be set there
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         return run_inspect(args) if inspecting else run(args)
     except ShapRewriteError as exc:
@@ -227,10 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("shaprewrite: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("shaprewrite: terminated", file=sys.stderr)
+        return 143
     except Exception as exc:  # the promise is: no traceback, ever
         print(f"shaprewrite: internal error: {type(exc).__name__}: {exc}. This is a bug; please report it "
               "with the model.", file=sys.stderr)
         return 1
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from .errors import ConversionError, UnsupportedOpError
 from .modules import is_linear_layer, keeps_meaning_when_batch_moves
 from .naming import sanitize
 from .onnx_values import ONNX_TO_TORCH_DTYPE, attribute_value, tensor_from_proto
+from .passes.weights import light_copy
 from .result import ExplainableModule
 
 # fx.Node: computed at run time; Tensor: known now; Dims: a shape known element by element;
@@ -202,13 +203,23 @@ class NodeContext:
 class Importer:
     """Builds one GraphModule from one ONNX model. Use :func:`import_onnx`."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, tensors: Mapping[str, torch.Tensor] | None = None) -> None:
         self.model = model
+        graph = model.graph
+        self.initializers: dict[str, torch.Tensor] = {
+            init.name: tensors[init.name] if tensors is not None else tensor_from_proto(init)
+            for init in graph.initializer}
+        self.infos: dict[str, TensorInfo] = {vi.name: _info_from_type(vi.type)
+                                             for vi in [*graph.input, *graph.value_info, *graph.output]}
+        self.readers = collections.Counter([name for n in graph.node for name in n.input] +
+                                           [o.name for o in graph.output])
+        runtime_inputs = [i for i in graph.input if i.name not in self.initializers]
+        self._batch_dims = {self.infos[i.name].shape[0] for i in runtime_inputs if self.infos[i.name].shape}
+        self._symbolic_batch = any(isinstance(d, str) for d in self._batch_dims)
         self.opset = next((o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS), 1)
         self.root = nn.Module()
         self.graph = fx.Graph()
         self.values: dict[str, Value] = {}
-        self.infos: dict[str, TensorInfo] = {}
         self._attr_names: set[str] = set()
         self._tensor_names: dict[int, str] = {}
         self._materialized: dict[int, fx.Node] = {}
@@ -298,41 +309,36 @@ class Importer:
 
     # -- the import -----------------------------------------------------------------
 
-    def run(self, class_name: str) -> fx.GraphModule:
+    def run(self, class_name: str) -> ExplainableModule:
         graph = self.model.graph
         self._check_supported(CONVERTERS)
-        self.readers = collections.Counter([name for n in graph.node for name in n.input] +
-                                           [o.name for o in graph.output])
-        for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
-            self.infos[vi.name] = _info_from_type(vi.type)
-        initializers = {init.name for init in graph.initializer}
-        for init in graph.initializer:
-            tensor = tensor_from_proto(init)
+        for name, tensor in self.initializers.items():
             if tensor.is_floating_point() and tensor.numel() > 1:
                 self._param_ids.add(id(tensor))
-            self.set_value(init.name, tensor)
+            self.set_value(name, tensor)
         for inp in graph.input:
-            if inp.name in initializers:
-                continue
-            value = self.graph.placeholder(self._unique_attr(sanitize(inp.name)))
-            shape = self.infos[inp.name].shape
-            if shape and any(isinstance(d, int) for d in shape):
-                value = self.emit("call_function", functional.check_input, (value, list(shape), inp.name), {})
-            self.set_value(inp.name, value)
-        self._batch_dims = {self.infos[i.name].shape[0] for i in graph.input
-                            if i.name not in initializers and self.infos.get(i.name, _UNKNOWN).shape}
-        self._symbolic_batch = any(isinstance(d, str) for d in self._batch_dims)
+            if inp.name not in self.initializers:
+                self.set_value(inp.name, self._placeholder(inp.name))
         for node in graph.node:
             self._convert(node, CONVERTERS[op_key(node.domain, node.op_type)])
         results = [self.materialize(self.values[o.name]) for o in graph.output]
         self.graph.output(results[0] if len(results) == 1 else tuple(results))
         self._isolate_module_inputs()
-        draft = fx.GraphModule(self.root, self.graph, class_name)
-        draft.graph.eliminate_dead_code()
-        # Built again from the pruned graph, so only what is still used is kept.
-        module = ExplainableModule(draft, draft.graph, class_name)
+        # Every op emitted is pure: only the inputs and the output must stay.
+        self.graph.eliminate_dead_code(is_impure_node=lambda node: node.op in ("placeholder", "output"))
+        module = ExplainableModule(self.root, self.graph, class_name)  # keeps only what the graph uses
         module.eval()
+        light, _ = light_copy(self.model, threshold=0)
+        module.onnx_graph, module.onnx_tensors = light.SerializeToString(), dict(self.initializers)
         return module
+
+    def _placeholder(self, name: str) -> fx.Node:
+        """A graph input, checked against the shape the model was rewritten for."""
+        value = self.graph.placeholder(self._unique_attr(sanitize(name)))
+        shape = self.infos[name].shape
+        if shape and any(isinstance(d, int) for d in shape):
+            value = self.emit("call_function", functional.check_input, (value, list(shape), name), {})
+        return value
 
     def batch_axis(self, info: TensorInfo) -> int | None:
         """The axis of a value that is the batch (a graph input's symbolic leading dim), when
@@ -422,6 +428,11 @@ def _contains_node(value: Any) -> bool:
     return False
 
 
-def import_onnx(model: onnx.ModelProto, class_name: str = "ExplainableModel") -> ExplainableModule:
-    """Translate a shape-inferred ONNX model into an equivalent ``torch.fx.GraphModule``."""
-    return Importer(model).run(sanitize(class_name) if not class_name.isidentifier() else class_name)
+def import_onnx(model: onnx.ModelProto, class_name: str = "ExplainableModel",
+                tensors: Mapping[str, torch.Tensor] | None = None) -> ExplainableModule:
+    """Translate a shape-inferred ONNX model into an equivalent ``torch.fx.GraphModule``.
+
+    ``tensors`` gives every initializer's value by name (an artifact keeps them apart from
+    the graph); by default they are read from ``model``.
+    """
+    return Importer(model, tensors).run(sanitize(class_name) if not class_name.isidentifier() else class_name)

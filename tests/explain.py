@@ -25,3 +25,22 @@ def shap_outcome(model, background, inputs) -> tuple[str, float | None]:
         return "ok", shap_relative_error(model, background, inputs)
     except Exception as exc:  # the explainers raise many types; any is a failure here
         return f"error: {type(exc).__name__}: {str(exc)[:80]}", None
+
+
+def assert_round_trips(module, *inputs) -> None:
+    """``rewriter.save`` then ``rewriter.load`` gives a module with identical outputs."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from rewriter import load, save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.pt"
+        save(module, path)
+        loaded = load(path)
+    with torch.no_grad():
+        want, got = module(*inputs), loaded(*inputs)
+    for w, g in zip(want if isinstance(want, tuple) else (want,), got if isinstance(got, tuple) else (got,)):
+        assert torch.equal(w, g)

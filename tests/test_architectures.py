@@ -18,6 +18,7 @@ from architectures import (
     VGGStyle,
     randomize_batchnorm,
 )
+from explain import assert_round_trips
 from torch import nn
 
 from rewriter import rewrite
@@ -46,6 +47,7 @@ def test_architecture_imports_faithfully(arch, exporter, opset):
     y = torch.randn(7, *shape)
     with torch.no_grad():
         torch.testing.assert_close(rewritten(y), model(y), atol=1e-5, rtol=1e-4)
+    assert_round_trips(rewritten, y)
     leaves = [m for m in rewritten.modules() if not list(m.children())]
     assert not any(getattr(m, "inplace", False) for m in leaves)
     assert not any(isinstance(m, nn.Dropout) for m in leaves)

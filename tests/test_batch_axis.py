@@ -14,7 +14,7 @@ import onnx
 import pytest
 import torch
 from architectures import SequenceFirstAttention, SequenceFirstEncoder, SequenceFirstGate
-from explain import captum_relative_delta, shap_relative_error
+from explain import assert_round_trips, captum_relative_delta, shap_relative_error
 from onnx_graphs import keras_multi_head_attention
 from torch import nn
 
@@ -52,6 +52,7 @@ def symbolic_sequence_file(exporter: str) -> onnx.ModelProto:
 
 def assert_exact(rewritten: nn.Module, report, shape: tuple) -> None:
     assert report.approximate == []
+    assert_round_trips(rewritten, torch.randn(5, *shape))
     torch.manual_seed(2)
     assert shap_relative_error(rewritten, torch.randn(10, *shape), torch.randn(3, *shape)) < EXACT
     assert captum_relative_delta(rewritten, torch.randn(3, *shape), torch.randn(3, *shape)) < EXACT

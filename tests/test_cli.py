@@ -15,6 +15,8 @@ from explain import shap_relative_error
 from onnx import TensorProto, helper
 from onnx_graphs import fixed_batch_mlp, model
 
+from rewriter import load
+
 CLI = [sys.executable, "-m", "rewriter.cli"]
 
 
@@ -25,8 +27,8 @@ def shaprewrite(*args: str) -> subprocess.CompletedProcess:
 def load_in_fresh_process_and_run(model_path, inputs: torch.Tensor, tmp_path) -> np.ndarray:
     torch.save(inputs, tmp_path / "inputs.pt")
     script = (
-        "import torch\n"
-        f"m = torch.load(r'{model_path}', weights_only=False)\n"
+        "import torch, rewriter\n"
+        f"m = rewriter.load(r'{model_path}')\n"
         f"y = m(torch.load(r'{tmp_path / 'inputs.pt'}'))\n"
         f"torch.save(y.detach(), r'{tmp_path / 'outputs.pt'}')\n"
     )
@@ -61,7 +63,7 @@ def test_cli_rewrites_a_torch_exported_file(torch_exported_onnx, tmp_path):
     x = torch.randn(5, 3, 16, 16)
     got = load_in_fresh_process_and_run(out, x, tmp_path)
     np.testing.assert_allclose(got, ort_outputs(torch_exported_onnx, x.numpy()), atol=1e-5, rtol=1e-4)
-    model = torch.load(out, weights_only=False)
+    model = load(out)
     assert shap_relative_error(model, torch.randn(6, 3, 16, 16), torch.randn(2, 3, 16, 16)) < 1e-4
 
 

@@ -19,7 +19,7 @@ from architectures import (
     SqueezeExciteNet,
     randomize_batchnorm,
 )
-from explain import captum_relative_delta, shap_outcome, shap_relative_error
+from explain import assert_round_trips, captum_relative_delta, shap_outcome, shap_relative_error
 from torch import nn
 
 from rewriter import rewrite
@@ -81,6 +81,11 @@ def test_original_is_not_additive(case):
     torch.manual_seed(2)
     outcome, error = shap_outcome(model, torch.randn(10, *shape), torch.randn(3, *shape))
     assert outcome.startswith("error") or error > 1e-3, (outcome, error)
+
+
+def test_artifact_round_trips(case):
+    _, _, shape, rewritten, _ = case
+    assert_round_trips(rewritten, torch.randn(5, *shape))
 
 
 def test_shap_exact_after_rewrite(case):

@@ -18,7 +18,7 @@ from architectures import (
     SwinStyle,
     randomize_batchnorm,
 )
-from explain import captum_relative_delta, shap_relative_error
+from explain import assert_round_trips, captum_relative_delta, shap_relative_error
 from torch import nn
 
 from rewriter import ExportError, ShapRewriteError, rewrite
@@ -59,6 +59,11 @@ def test_forward_unchanged(case):
     x = torch.randn(7, *shape)
     with torch.no_grad():
         torch.testing.assert_close(rewritten(x), model(x), atol=1e-5, rtol=1e-4)
+
+
+def test_artifact_round_trips(case):
+    _, shape, rewritten, _, _ = case
+    assert_round_trips(rewritten, torch.randn(5, *shape))
 
 
 def test_reported_exact(case):

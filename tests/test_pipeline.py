@@ -25,7 +25,7 @@ from architectures import (
 from explain import captum_relative_delta, shap_outcome, shap_relative_error
 from torch import fx, nn
 
-from rewriter import RewriteReport, rewrite
+from rewriter import RewriteReport, rewrite, save
 
 EXACT = 1e-4
 
@@ -146,17 +146,25 @@ def test_report_times_each_stage():
     assert all(t >= 0 for t in report.timings.values())
 
 
-def test_saved_model_loads_in_a_fresh_process(tmp_path):
+@pytest.mark.parametrize("how", ["artifact", "pickle"])
+def test_saved_model_loads_in_a_fresh_process(how, tmp_path):
+    """The artifact loads with rewriter.load; a pickle of the module still works for those
+    who choose it (and loading it registers the explainer rules)."""
     model = randomize_batchnorm(ResNetStyle())
     x = torch.randn(2, 3, 16, 16)
     rewritten = rewrite(model, x)
     path = tmp_path / "model.pt"
-    torch.save(rewritten, path)
+    if how == "artifact":
+        save(rewritten, path)
+    else:
+        torch.save(rewritten, path)
     torch.save(x, tmp_path / "x.pt")
     expected = model(x).detach()
+    loader = "__import__('rewriter').load(path)" if how == "artifact" else "torch.load(path, weights_only=False)"
     script = (
         "import sys, torch\n"
-        f"m = torch.load(r'{path}', weights_only=False)\n"
+        f"path = r'{path}'\n"
+        f"m = {loader}\n"
         f"x = torch.load(r'{tmp_path / 'x.pt'}')\n"
         "y = m(x)\n"
         f"torch.save(y, r'{tmp_path / 'y.pt'}')\n"
