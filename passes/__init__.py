@@ -11,6 +11,7 @@ from .batch import make_batch_dynamic
 from .cleanup import drop_identities, remove_dead_nodes
 from .constants import fold_constants
 from .functions import attach_functions
+from .guard import refuse_oversized_values
 from .maxima import exact_maxima
 from .normalization import decompose_log_softmax, decompose_normalization
 from .precision import upcast_half_precision
@@ -23,8 +24,9 @@ PIPELINE: list[GraphPass] = [
     remove_dead_nodes,
     drop_identities,
     make_batch_dynamic,
-    measure_shapes,
     fold_constants,
+    refuse_oversized_values,
+    measure_shapes,
     fuse_activations,
     decompose_activations,
     decompose_normalization,

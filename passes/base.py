@@ -27,11 +27,14 @@ class PassOptions:
         rules with.
     feeds: the check inputs by graph input name, at two batch sizes; shapes are measured
         by running the graph on them (see ``shapes.measure_shapes``).
+    max_tensor_bytes: the largest tensor the graph may compute at the check inputs' sizes
+        (see ``guard.refuse_oversized_values``).
     """
 
     dynamic_batch: bool = True
     decompose_clips: bool = False
     feeds: tuple[Mapping[str, np.ndarray], ...] = ()
+    max_tensor_bytes: int = 1 << 30
 
 
 @dataclass

@@ -4,11 +4,16 @@
     explainable = rewrite(model, x)          # torch model + example inputs
     explainable = rewrite("model.onnx")      # or any ONNX file
     save(explainable, "model.pt")             # data only: load("model.pt") runs no code from it
+
+``import rewriter`` is light (torch is imported on first use of the API) and registers the
+explainer rules rewritten models rely on (see :mod:`rewriter.explainers`).
 """
 
+from __future__ import annotations
+
+import importlib
+
 from . import explainers
-from .api import inspect, rewrite
-from .artifact import load, save
 from .errors import (
     AdditivityError,
     ConversionError,
@@ -19,10 +24,25 @@ from .errors import (
     UnsupportedOpError,
     VerificationError,
 )
-from .report import RewriteReport
-from .result import ExplainableModule
 
 __version__ = "0.1.0"
+
+# The public API by the module that defines it, imported on first use.
+_API = {"rewrite": "api", "inspect": "api", "load": "artifact", "save": "artifact", "RewriteReport": "report",
+        "ExplainableModule": "result"}
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'rewriter' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])
+
 
 explainers.install()
 

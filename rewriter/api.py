@@ -240,8 +240,8 @@ def _as_tuple(value) -> tuple[torch.Tensor, ...]:
 
 def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str, int] | None = None,
             exporter: str = "auto", opset: int | None = None, atol: float | None = None, rtol: float | None = None,
-            dynamic_batch: bool = True, decompose_clips: bool = False, check: bool = False,
-            check_background=None, check_inputs=None,
+            dynamic_batch: bool = True, decompose_clips: bool = False, max_tensor_bytes: int = 1 << 30,
+            check: bool = False, check_background=None, check_inputs=None,
             report: bool = False, progress: Progress | None = None) -> nn.Module | tuple[nn.Module, RewriteReport]:
     """Rewrite ``model`` into an equivalent ``torch.fx.GraphModule`` that SHAP's DeepExplainer
     and Captum's DeepLift explain exactly, verified against the source before it is returned.
@@ -257,6 +257,8 @@ def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str
         atol, rtol: verification tolerances; default by dtype (see ``rewriter.verify``).
         dynamic_batch: make a fixed leading dim of an ONNX model's inputs dynamic.
         decompose_clips: write ReLU6/Hardtanh/Clip as ReLUs (see ``passes.PassOptions``).
+        max_tensor_bytes: refuse (``InputError``, before anything runs) a graph that would
+            compute a tensor larger than this at the example inputs' sizes; default 1 GiB.
         check: run SHAP's DeepExplainer (and Captum's DeepLift, when installed) on the
             result and record the worst relative additivity errors in the report.
         check_background, check_inputs: data for the check (a tensor, or a tuple for several
@@ -279,7 +281,8 @@ def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str
         source = _read(model, tuple(example_inputs), dims, exporter, opset, clock)
         info, inputs, references = source.report, source.inputs, source.references
         extra_rows = _extra_rows(source.proto, dynamic_batch) if info.source == "onnx" else 1
-        options = PassOptions(dynamic_batch, decompose_clips, _feeds(source.prepared, inputs, extra_rows))
+        options = PassOptions(dynamic_batch, decompose_clips, _feeds(source.prepared, inputs, extra_rows),
+                              max_tensor_bytes)
         module = _passes_and_import(source, options, clock)
         output_names = _output_names(source.proto)
     with clock.stage("verify", "verifying against the source"):
@@ -305,14 +308,16 @@ def _passes_and_import(source: _Source, options: PassOptions, clock: _Clock) -> 
 
 def inspect(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str, int] | None = None,
             exporter: str = "auto", opset: int | None = None, dynamic_batch: bool = True,
-            decompose_clips: bool = False, progress: Progress | None = None) -> RewriteReport:
+            decompose_clips: bool = False, max_tensor_bytes: int = 1 << 30,
+            progress: Progress | None = None) -> RewriteReport:
     """What :func:`rewrite` would do, without verifying or returning a model: each pass's
     changes, how each explainer would treat each node, and every unsupported op (in
     ``report.unsupported`` rather than raised)."""
     clock = _Clock(progress)
     source = _read(model, tuple(example_inputs), dims, exporter, opset, clock, need_inputs=False)
     try:
-        source.report.nodes = classify(_passes_and_import(source, PassOptions(dynamic_batch, decompose_clips), clock))
+        options = PassOptions(dynamic_batch, decompose_clips, max_tensor_bytes=max_tensor_bytes)
+        source.report.nodes = classify(_passes_and_import(source, options, clock))
     except UnsupportedOpError as exc:
         source.report.unsupported = exc.ops
     source.report.timings = clock.timings

@@ -10,12 +10,12 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .api import inspect, rewrite
-from .artifact import save
 from .errors import AdditivityError, InputError, OutputError, ShapRewriteError, UnsupportedOpError
-from .files import write_atomically
-from .report import RewriteReport
+
+if TYPE_CHECKING:
+    from .report import RewriteReport
 
 EXIT_CODES = """\
 exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 4 unsupported op,
@@ -60,6 +60,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="keep a fixed leading input dim fixed instead of making it dynamic")
     parser.add_argument("--decompose-clips", action="store_true",
                         help="write ReLU6/Hardtanh/Clip as ReLUs (exact without registered rules; slower)")
+    parser.add_argument("--max-tensor-mib", type=_non_negative, default=1024, metavar="MIB",
+                        help="refuse a graph that computes a tensor larger than this (default 1024)")
     parser.add_argument("--report", metavar="PATH", help="write the JSON report to PATH")
     parser.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     parser.add_argument("--quiet", action="store_true", help="print nothing on stderr but errors")
@@ -151,6 +153,8 @@ class _Terminal:
 
 
 def _emit_report(report: RewriteReport, args: argparse.Namespace) -> None:
+    from .files import write_atomically
+
     document = report.as_dict()
     text = json.dumps(document, indent=2)
     if args.report:
@@ -163,6 +167,9 @@ def _emit_report(report: RewriteReport, args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .api import rewrite
+    from .artifact import save
+
     output = Path(args.output)
     _check_output(output, args.force)
     if Path(args.input).resolve() == output.resolve():
@@ -170,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     terminal = _Terminal(args.quiet)
     module, report = rewrite(args.input, dims=dict(args.dim), atol=args.atol, rtol=args.rtol,
                              dynamic_batch=not args.static_batch, decompose_clips=args.decompose_clips,
-                             check=args.check, report=True,
+                             max_tensor_bytes=int(args.max_tensor_mib * 2**20), check=args.check, report=True,
                              progress=terminal.progress)
     terminal.summary(report, args.threshold if args.check else None)
     _emit_report(report, args)
@@ -186,9 +193,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    from .api import inspect
+
     terminal = _Terminal(args.quiet)
     report = inspect(args.input, dims=dict(args.dim), dynamic_batch=not args.static_batch,
-                     decompose_clips=args.decompose_clips, progress=terminal.progress)
+                     decompose_clips=args.decompose_clips, max_tensor_bytes=int(args.max_tensor_mib * 2**20),
+                     progress=terminal.progress)
     terminal.summary(report)
     _emit_report(report, args)
     if report.unsupported:

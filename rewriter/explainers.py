@@ -9,38 +9,53 @@ plain gradient, which is not additive.
 What is registered, and only where the installed explainer has no entry of its own:
 
 * the rescale rule (SHAP's own ``nonlinear_1d``, Captum's own ``nonlinear``) for every
-  one-input elementwise module class in :data:`RESCALE_MODULES`: for such modules the rescale
-  rule ``m = Δy/Δx`` is exact;
-* the modules' own exact rules for every :class:`rewriter.modules.ExactRule` subclass:
-  ``ShapleyProduct`` (the two-player Shapley rule for products of two input-dependent
-  tensors), ``Standardize`` (normalisation), ``ExactSoftmax`` and ``ExactMaxPool``
-  (overlapping max pooling); see their ``deeplift_multipliers``.
+  one-input elementwise module class (:func:`rescale_modules`): for such modules the
+  rescale rule ``m = Δy/Δx`` is exact;
+* the modules' own exact rules for every :class:`rewriter.modules.ExactRule` subclass
+  (:func:`exact_rule_modules`): the Shapley rule for products of two input-dependent
+  tensors, normalisation, softmax, overlapping max pooling; see their
+  ``deeplift_multipliers``.
 
-Registration happens automatically: when ``rewriter`` is imported (which loading a saved
-rewritten model does), for explainers already imported, and otherwise right after the
-explainer's module is first imported. :func:`register` does it explicitly and returns
-what it added.
+Registration is automatic and visible: ``import rewriter`` (which loading a saved model
+does) registers with explainers already imported, and puts an import hook on
+``sys.meta_path`` that registers with the others right after they are first imported.
+:func:`register` does it explicitly and returns what it added; :func:`unregister` takes
+back every entry this process added and removes the hook.
+
+Nothing here imports torch until a rule is registered, so ``import rewriter`` stays light.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.abc
 import importlib.util
 import sys
 from collections.abc import Callable
 from types import ModuleType
 
-from torch import nn
-
-from . import modules
-
 SHAP_MODULE = "shap.explainers._deep.deep_pytorch"
 CAPTUM_MODULE = "captum.attr._core.deep_lift"
 
-RESCALE_MODULES: tuple[type[nn.Module], ...] = (*modules.TORCH_ELEMENTWISE, nn.PReLU, *modules.elementwise_classes())
+
+@functools.cache
+def rescale_modules() -> tuple[type, ...]:
+    """Module classes for which the rescale rule is exact: one-input elementwise functions."""
+    from torch import nn
+
+    from . import modules
+
+    return (*modules.TORCH_ELEMENTWISE, nn.PReLU, *modules.elementwise_classes())
 
 
-def _shap_exact_rule(module: modules.ExactRule, grad_input, grad_output):
+def exact_rule_modules() -> tuple[type, ...]:
+    """Module classes that carry their own rule (every ``ExactRule`` subclass)."""
+    from . import modules
+
+    return tuple(modules.exact_rule_classes())
+
+
+def _shap_exact_rule(module, grad_input, grad_output):
     """SHAP handler: SHAP has saved the module's input as ``module.x``."""
     return (module.deeplift_multipliers(module.x, grad_output[0]), *grad_input[1:])
 
@@ -55,36 +70,35 @@ def _captum_exact_rule(module, inputs, outputs, grad_input, grad_output, eps: fl
     return module.deeplift_multipliers(inputs, grad_output)
 
 
-EXACT_RULE_MODULES: tuple[type[nn.Module], ...] = (modules.ShapleyProduct, modules.Standardize, modules.ExactSoftmax,
-                                                   modules.ExactMaxPool)
-
-
-# What this process added to each explainer's table, by class name (the rest is native).
+# What this process added to each explainer's table, by class name (the rest is native),
+# and the entries themselves, so unregister() can take them back.
 REGISTERED: dict[str, set[str]] = {"shap": set(), "captum": set()}
+_ADDED: list[tuple[dict, object, object]] = []
+
+
+def _add(explainer: str, table: dict, rules: dict, name_of: Callable[[object], str]) -> list[str]:
+    added = []
+    for key, rule in rules.items():
+        if key not in table:
+            table[key] = rule
+            _ADDED.append((table, key, rule))
+            added.append(name_of(key))
+    REGISTERED[explainer].update(added)
+    return added
 
 
 def register_shap(deep_pytorch: ModuleType) -> list[str]:
     """Add the missing entries to SHAP's handler table; the class names added."""
-    table = deep_pytorch.op_handler
-    rules = {cls.__name__: deep_pytorch.nonlinear_1d for cls in RESCALE_MODULES}
-    rules.update({cls.__name__: _shap_exact_rule for cls in EXACT_RULE_MODULES})
-    added = [name for name in rules if name not in table]
-    for name in added:
-        table[name] = rules[name]
-    REGISTERED["shap"].update(added)
-    return added
+    rules = {cls.__name__: deep_pytorch.nonlinear_1d for cls in rescale_modules()}
+    rules.update({cls.__name__: _shap_exact_rule for cls in exact_rule_modules()})
+    return _add("shap", deep_pytorch.op_handler, rules, str)
 
 
 def register_captum(deep_lift: ModuleType) -> list[str]:
     """Add the missing entries to Captum's rule table; the class names added."""
-    table = deep_lift.SUPPORTED_NON_LINEAR
-    rules = {cls: deep_lift.nonlinear for cls in RESCALE_MODULES}
-    rules.update({cls: _captum_exact_rule for cls in EXACT_RULE_MODULES})
-    added = [cls for cls in rules if cls not in table]
-    for cls in added:
-        table[cls] = rules[cls]
-    REGISTERED["captum"].update(cls.__name__ for cls in added)
-    return [cls.__name__ for cls in added]
+    rules: dict = {cls: deep_lift.nonlinear for cls in rescale_modules()}
+    rules.update({cls: _captum_exact_rule for cls in exact_rule_modules()})
+    return _add("captum", deep_lift.SUPPORTED_NON_LINEAR, rules, lambda cls: cls.__name__)
 
 
 _REGISTRARS: dict[str, Callable[[ModuleType], list[str]]] = {
@@ -102,6 +116,22 @@ def register() -> dict[str, list[str]]:
             continue
         added[name] = registrar(importlib.import_module(name))
     return added
+
+
+def unregister() -> list[str]:
+    """Take back every rule this process added (leaving entries others changed since) and
+    remove the import hook; returns the names taken back. :func:`register` or
+    :func:`install` puts them back."""
+    taken = []
+    while _ADDED:
+        table, key, rule = _ADDED.pop()
+        if table.get(key) is rule:
+            del table[key]
+            taken.append(key if isinstance(key, str) else key.__name__)
+    for names in REGISTERED.values():
+        names.clear()
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _RegisterOnImport)]
+    return taken
 
 
 class _ThenRegister(importlib.abc.Loader):

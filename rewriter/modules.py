@@ -163,9 +163,8 @@ class PRelu(Elementwise):
         return torch.where(x >= 0, x, x * self.weight)
 
 
-def elementwise_classes() -> list[type[Elementwise]]:
-    """Every elementwise module class defined here (the rescale rule is exact for each)."""
-    found, pending = [], [Elementwise]
+def _subclasses(base: type) -> list[type]:
+    found, pending = [], [base]
     while pending:
         for cls in pending.pop().__subclasses__():
             found.append(cls)
@@ -173,12 +172,26 @@ def elementwise_classes() -> list[type[Elementwise]]:
     return found
 
 
+def elementwise_classes() -> list[type[Elementwise]]:
+    """Every elementwise module class defined here (the rescale rule is exact for each)."""
+    return _subclasses(Elementwise)
+
+
+def exact_rule_classes() -> list[type[ExactRule]]:
+    """Every module class with a rule of its own (see :class:`ExactRule`)."""
+    return _subclasses(ExactRule)
+
+
 class ExactRule(nn.Module):
     """A module with a DeepLIFT rule of its own, registered with the explainers.
 
     Explainers hook one input per module and run batches ``[inputs; references]``; the
-    rule maps the gradient reaching the output to multipliers for the input.
+    rule maps the gradient reaching the output to multipliers for the input. A subclass
+    is all it takes to add a rule: ``rewriter.explainers`` finds it and registers the rule,
+    and the report labels its nodes with ``report_kind``.
     """
+
+    report_kind: str
 
     def deeplift_multipliers(self, x: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -201,6 +214,8 @@ class ShapleyProduct(ExactRule):
     ``f(a, b)`` with ordinary gradients; under SHAP or Captum the registered rule uses
     :meth:`deeplift_multipliers`.
     """
+
+    report_kind = "product"
 
     def __init__(self, op: str, shape_a: tuple[int, ...], shape_b: tuple[int, ...], equation: str | None = None):
         super().__init__()
@@ -249,6 +264,8 @@ class Standardize(ExactRule):
     is exact while the forward pass stays one ``layer_norm`` call.
     """
 
+    report_kind = "normalization"
+
     def __init__(self, eps: float = 1e-5) -> None:
         super().__init__()
         self.eps = eps
@@ -291,6 +308,8 @@ class ExactSoftmax(ExactRule):
     classification models with logits near 3e5, the model's own float32 layers round the
     logits by that much; in float64 the same model is additive to 1e-11.)
     """
+
+    report_kind = "softmax"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(x, -1)
@@ -339,6 +358,8 @@ class ExactMaxPool(ExactRule):
     value where several windows share a maximum: with overlapping windows the rest is lost.
     The same rule with the contributions added up is exact for any windows.
     """
+
+    report_kind = "maxpool"
 
     def __init__(self, kernel_size, stride, padding, dilation, ceil_mode: bool = False) -> None:
         super().__init__()

@@ -84,8 +84,7 @@ def _module_treatment(module: nn.Module, explainer: str, table: dict, key) -> tu
     if modules.is_linear_layer(module):
         return "linear", None
     if isinstance(module, modules.ExactRule):
-        kind = {modules.ShapleyProduct: "product", modules.Standardize: "normalization",
-                modules.ExactMaxPool: "maxpool"}.get(cls, "softmax")
+        kind = module.report_kind
         return (kind, None) if key(cls) in table else ("approximate", f"{explainer} has no {kind} rule")
     if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
         def as_tuple(value):
@@ -94,7 +93,7 @@ def _module_treatment(module: nn.Module, explainer: str, table: dict, key) -> tu
         overlapping = as_tuple(module.kernel_size) != as_tuple(module.stride) or module.ceil_mode \
             or any(p != 0 for p in as_tuple(module.padding))
         return ("approximate", "overlapping max pooling") if overlapping else ("maxpool", None)
-    if cls in explainers.RESCALE_MODULES:
+    if cls in explainers.rescale_modules():
         if key(cls) not in table:
             return "approximate", f"{explainer} has no rule for {cls.__name__}"
         origin = "registered" if cls.__name__ in explainers.REGISTERED.get(explainer, ()) else "native"

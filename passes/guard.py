@@ -1,0 +1,52 @@
+"""Refuse a graph that would compute a tensor too large to hold, before anything runs it.
+
+A 209-byte file can ask for ``ConstantOfShape([750, 1000, 1000])``: 3 GB that onnxruntime
+(measuring shapes, verifying) and the importer (folding constants) would otherwise
+allocate. After constant folding every size computed from constants is a constant, so
+ONNX's shape inference, with the inputs' dims set to the check inputs' sizes, knows the
+size of each such value, and of values whose size is shape arithmetic on the inputs.
+"""
+
+from __future__ import annotations
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..errors import InputError
+from .base import PassOptions, PassResult
+from .shapes import inferred_types, static_bytes
+from .weights import light_copy
+
+
+def _with_input_sizes(model: onnx.ModelProto, sizes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    light, _ = light_copy(model)
+    if light is model:
+        light = onnx.ModelProto()
+        light.CopyFrom(model)
+    for vi in light.graph.input:
+        shape = sizes.get(vi.name)
+        dims = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else []
+        if shape is not None and len(shape) == len(dims):
+            for dim, size in zip(dims, shape):
+                dim.dim_value = int(size)
+    return light
+
+
+def refuse_oversized_values(graph: gs.Graph, options: PassOptions) -> PassResult:
+    """Raise :class:`~rewriter.errors.InputError` naming the first node whose output would take
+    more than ``options.max_tensor_bytes`` at the check inputs' sizes (batch 1 without
+    them). Changes nothing."""
+    sizes = {name: tuple(value.shape) for name, value in options.feeds[0].items()} if options.feeds else {}
+    model = gs.export_onnx(graph, do_type_check=False)
+    types = inferred_types(_with_input_sizes(model, sizes))
+    for node in graph.nodes:
+        for tensor in node.outputs:
+            size = static_bytes(types[tensor.name], 1) if tensor.name in types else None
+            if size is not None and size > options.max_tensor_bytes:
+                dims = [d.dim_value for d in types[tensor.name].tensor_type.shape.dim]
+                raise InputError(
+                    f"the graph computes a tensor of shape {dims} ({size / 2**30:.1f} GiB), more than the "
+                    f"{options.max_tensor_bytes / 2**30:g} GiB allowed", node=node.name, op_type=node.op,
+                    fix="if the model really needs it, raise the limit (max_tensor_bytes=, CLI --max-tensor-mib); "
+                        "otherwise the file is malformed or hostile")
+    return PassResult("refuse_oversized_values")
