@@ -19,7 +19,7 @@ from .weights import light_copy
 
 
 def _with_input_sizes(model: onnx.ModelProto, sizes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
-    light, _ = light_copy(model)
+    light, _ = light_copy(model, as_inputs=True)
     if light is model:
         light = onnx.ModelProto()
         light.CopyFrom(model)

@@ -38,7 +38,7 @@ Dim = int | str | None
 def inferred_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     """Value name -> type (with shape) from ONNX's shape inference; what is recorded already
     where inference fails. Never raises, never serializes the weights."""
-    light, _ = light_copy(model)
+    light, _ = light_copy(model, as_inputs=True)
     try:
         inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
     except (onnx.shape_inference.InferenceError, RuntimeError, ValueError) as exc:

@@ -50,12 +50,17 @@ def _copy_without(message, skipped: str):
     return copy
 
 
-def light_copy(model: onnx.ModelProto, threshold: int = LARGE_BYTES) -> tuple[onnx.ModelProto, list[onnx.TensorProto]]:
-    """``model`` with its initializers of ``threshold`` bytes or more replaced by external-data
-    placeholders (same name, type and shape), and the initializers taken out.
+def light_copy(model: onnx.ModelProto, threshold: int | None = None, *,
+               as_inputs: bool = False) -> tuple[onnx.ModelProto, list[onnx.TensorProto]]:
+    """``model`` with its initializers of ``threshold`` bytes or more taken out, and those
+    initializers. In the copy each is an external-data placeholder of the same name, type
+    and shape (what onnxruntime takes values for), or, ``as_inputs``, a graph input of that
+    type and shape (what the checker and shape inference accept without the data).
 
     Only the top-level graph's initializers move; without any, ``model`` itself is returned.
+    ``threshold`` defaults to :data:`LARGE_BYTES`.
     """
+    threshold = LARGE_BYTES if threshold is None else threshold
     large = [t for t in model.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL
              and _size(t) >= threshold]
     if not large:
@@ -63,8 +68,26 @@ def light_copy(model: onnx.ModelProto, threshold: int = LARGE_BYTES) -> tuple[on
     moved = {t.name for t in large}
     light = _copy_without(model, "graph")
     light.graph.CopyFrom(_copy_without(model.graph, "initializer"))
-    light.graph.initializer.extend(_placeholder(t) if t.name in moved else t for t in model.graph.initializer)
+    if as_inputs:
+        light.graph.initializer.extend(t for t in model.graph.initializer if t.name not in moved)
+        declared = {vi.name for vi in light.graph.input}
+        light.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                                 for t in large if t.name not in declared)
+    else:
+        light.graph.initializer.extend(_placeholder(t) if t.name in moved else t for t in model.graph.initializer)
     return light, large
+
+
+def with_weights(light: onnx.ModelProto, large: list[onnx.TensorProto]) -> onnx.ModelProto:
+    """The inverse of ``light_copy(..., as_inputs=True)``, in place: the declared inputs
+    become the initializers again."""
+    names = {t.name for t in large}
+    kept = [vi for vi in light.graph.input if vi.name not in names]
+    del light.graph.input[:]
+    light.graph.input.extend(kept)
+    for tensor in large:  # one by one: extending would serialize, which fails past 2 GiB
+        light.graph.initializer.add().CopyFrom(tensor)
+    return light
 
 
 def ort_session(model: onnx.ModelProto, options=None, extra_outputs: Sequence[str] = ()):

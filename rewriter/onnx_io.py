@@ -12,6 +12,7 @@ from onnx import external_data_helper
 
 from .errors import InputError, describe
 from .naming import assign_unique_names
+from .passes.weights import light_copy, with_weights
 
 _FIX_REEXPORT = "check that the file is a complete ONNX model (re-export or re-download it)"
 
@@ -74,19 +75,24 @@ def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, list[s
     graph tooling does not keep. Returns the new model and the reused torch modules found
     (see :func:`rewriter.naming.assign_unique_names`).
     """
-    model_copy = onnx.ModelProto()
-    model_copy.CopyFrom(model)
     newest = onnx.defs.onnx_opset_version()
-    for opset in model_copy.opset_import:
+    for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version > newest:
             raise InputError(f"the model uses ONNX opset {opset.version}; this installation knows opsets up to {newest}",
                              fix="re-export the model with an older opset, or upgrade onnx and onnxruntime")
+    # Checked and inlined without its large weights: a protobuf past 2 GiB cannot be
+    # serialized, and neither step needs their values.
+    light, large = light_copy(model, as_inputs=True)
+    if light is model:
+        light = onnx.ModelProto()
+        light.CopyFrom(model)
     try:
-        onnx.checker.check_model(model_copy)
+        onnx.checker.check_model(light)
     except (onnx.checker.ValidationError, ValueError) as exc:
         raise InputError(f"the ONNX model is not valid: {describe(exc)}",
                          fix="repair or re-export the model; `python -m onnx.checker` shows details") from exc
-    if model_copy.functions:
-        model_copy = onnx.inliner.inline_local_functions(model_copy)
+    if light.functions:
+        light = onnx.inliner.inline_local_functions(light)
+    model_copy = with_weights(light, large)
     reused = assign_unique_names(model_copy.graph)
     return model_copy, reused

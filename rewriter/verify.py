@@ -30,6 +30,7 @@ import torch
 import torch.fx as fx
 
 from .errors import InputError, ShapRewriteError, VerificationError, describe
+from .passes.weights import ort_session
 
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.float64: (1e-7, 1e-6),
@@ -93,14 +94,12 @@ def onnx_runner(model: onnx.ModelProto) -> Runner:
     """
     import onnxruntime as ort
 
-    ort.set_default_logger_severity(3)  # failures surface as our typed errors, not log lines
-
     @functools.cache
     def session() -> ort.InferenceSession:
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 3  # failures surface as our typed errors, not log lines
         try:
-            return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            return ort_session(model, options)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise InputError(f"onnxruntime cannot load the source model, so the rewrite cannot be verified: "
                              f"{describe(exc)}",
