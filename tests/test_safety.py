@@ -16,7 +16,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from architectures import FunctionalMLP, ResNetStyle, TransformerEncoderStyle, TwoInputNet, randomize_batchnorm
+from architectures import (
+    FunctionalMLP,
+    ResNetStyle,
+    TransformerEncoderStyle,
+    TwoInputNet,
+    randomize_batchnorm,
+)
 from onnx import TensorProto, helper, numpy_helper
 from onnx_graphs import keras_multi_head_attention
 
