@@ -157,7 +157,7 @@ def test_four_threads_at_once_give_what_one_after_the_other_gives():
         t.join()
     assert errors == []
     assert sys.stdout is stdout and sys.stderr is stderr
-    for (model, inputs), (together, together_report), (single, single_report) in zip(jobs, results, alone):
+    for (_, inputs), (together, together_report), (single, single_report) in zip(jobs, results, alone):
         assert together_report.exporter == single_report.exporter
         assert together.code == single.code
         with torch.no_grad():
