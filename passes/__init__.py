@@ -16,6 +16,7 @@ from .maxima import exact_maxima
 from .normalization import decompose_log_softmax, decompose_normalization
 from .precision import upcast_half_precision
 from .products import shapley_products
+from .recurrent import unroll_recurrences
 from .shapes import measure_shapes, refresh_shapes
 
 # The one list of passes, in the order they run.
@@ -27,6 +28,7 @@ PIPELINE: list[GraphPass] = [
     fold_constants,
     refuse_oversized_values,
     measure_shapes,
+    unroll_recurrences,
     fuse_activations,
     decompose_activations,
     decompose_normalization,

@@ -33,7 +33,7 @@ from .passes import PassOptions, run_passes
 from .passes.precision import half_precision_type, upcast_model
 from .report import RewriteReport, classify
 from .result import ExplainableModule
-from .verify import Reference, Tolerance, as_list, onnx_runner, other_batch, torch_runner, verify
+from .verify import OnnxRunner, Reference, Tolerance, as_list, other_batch, torch_runner, verify
 
 _HALF = (torch.float16, torch.bfloat16)
 _MAX_CHECK_ELEMENTS = 2**27  # 512 MiB of float32 per input
@@ -178,8 +178,8 @@ def _onnx_source(proto: onnx.ModelProto, inputs: tuple, dims: Mapping[str, int],
         upcast = onnx.ModelProto()
         upcast.CopyFrom(proto)
         upcast_model(upcast)
-        references.append(Reference("onnxruntime on a float32 copy", onnx_runner(upcast)))
-    references.append(Reference("onnxruntime", onnx_runner(proto), ONNX_TO_TORCH_DTYPE.get(half)))
+        references.append(Reference("onnxruntime on a float32 copy", OnnxRunner(upcast, " on a float32 copy")))
+    references.append(Reference("onnxruntime", OnnxRunner(proto), ONNX_TO_TORCH_DTYPE.get(half)))
     return _Source(proto, prepared, inputs, references, RewriteReport("onnx", unshared_modules=reused),
                    _class_name(name))
 

@@ -86,45 +86,65 @@ def torch_runner(model: torch.nn.Module, float_dtype: torch.dtype | None = None)
     return run
 
 
-def onnx_runner(model: onnx.ModelProto) -> Runner:
-    """Run ``model`` with onnxruntime; a fixed leading dim is honoured by running in chunks.
+class OnnxRunner:
+    """Runs an ONNX model on torch tensors: onnxruntime, or ONNX's reference evaluator for
+    what onnxruntime cannot load (``LSTM`` with ``layout=1``, ops it lacks). ``label`` names
+    the engine used. A fixed leading dim is honoured by running in chunks.
 
-    The session is created at the first run, so problems the import can name precisely
-    (an unsupported op) are reported before onnxruntime's view of them.
+    The engine is loaded at the first run, so problems the import can name precisely (an
+    unsupported op) are reported before the engine's view of them.
     """
-    import onnxruntime as ort
 
-    @functools.cache
-    def session() -> ort.InferenceSession:
+    def __init__(self, model: onnx.ModelProto, of: str = "") -> None:
+        self.model, self._of = model, of
+        self.label = f"onnxruntime{of}"
+        initializers = {i.name for i in model.graph.initializer}
+        declared = [vi for vi in model.graph.input if vi.name not in initializers]
+        self._names = [vi.name for vi in declared]
+        self._fixed = [_fixed_leading(vi) for vi in declared]
+        self._dtypes = [_NUMPY_TYPES.get(vi.type.tensor_type.elem_type) for vi in declared]
+
+    @functools.cached_property
+    def _engine(self):
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
-        options.log_severity_level = 3  # failures surface as our typed errors, not log lines
+        options.log_severity_level = 4  # failures surface as our typed errors, not log lines
         try:
-            return ort_session(model, options)
+            return ort_session(self.model, options)
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise InputError(f"onnxruntime cannot load the source model, so the rewrite cannot be verified: "
-                             f"{describe(exc)}",
-                             fix="check that the model runs in onnxruntime") from exc
+            failure = exc
+        try:
+            from onnx.reference import ReferenceEvaluator
 
-    def run(inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        declared = session().get_inputs()
-        names = [i.name for i in declared]
-        fixed = [i.shape[0] if i.shape and isinstance(i.shape[0], int) else None for i in declared]
-        dtypes = [_NUMPY_TYPES.get(i.type) for i in declared]
-        chunk = next((f for f in fixed if f), None)
+            engine = ReferenceEvaluator(self.model)
+        except Exception as exc:  # the evaluator raises assorted types for what it lacks
+            raise InputError(f"neither onnxruntime nor ONNX's reference evaluator can run the source model, so the "
+                             f"rewrite cannot be verified: {describe(failure)}; {describe(exc)}",
+                             fix="check that the model runs in onnxruntime") from failure
+        self.label = f"ONNX reference evaluator{self._of}"
+        return engine
+
+    def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        chunk = next((f for f in self._fixed if f), None)
         batch = inputs[0].shape[0] if inputs and inputs[0].dim() else 1
         step = chunk if chunk and batch % chunk == 0 else batch
         pieces: list[list[np.ndarray]] = []
         for start in range(0, batch, step):
             feed = {n: _as_numpy(t[start:start + step] if f else t, d)
-                    for n, t, f, d in zip(names, inputs, fixed, dtypes)}
-            pieces.append(session().run(None, feed))
-        return [torch.from_numpy(np.concatenate([p[k] for p in pieces]) if len(pieces) > 1 else pieces[0][k])
+                    for n, t, f, d in zip(self._names, inputs, self._fixed, self._dtypes)}
+            pieces.append(list(self._engine.run(None, feed)))
+        return [torch.from_numpy(np.asarray(np.concatenate([p[k] for p in pieces]) if len(pieces) > 1 else pieces[0][k]))
                 for k in range(len(pieces[0]))]
-    return run
 
 
-_NUMPY_TYPES = {"tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(double)": np.float64,
-                "tensor(bfloat16)": None}
+def _fixed_leading(vi: onnx.ValueInfoProto) -> int | None:
+    dims = vi.type.tensor_type.shape.dim
+    return dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
+
+
+_NUMPY_TYPES = {onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.FLOAT: np.float32,
+                onnx.TensorProto.DOUBLE: np.float64}
 
 
 def _as_numpy(tensor: torch.Tensor, dtype) -> np.ndarray:
@@ -254,7 +274,8 @@ def verify(result_model: torch.nn.Module, references: Sequence[Reference], input
             got = run(batch_inputs)
         except Exception as exc:
             raise crash_error(result_model, batch_inputs, exc) from exc
-        for label, want, precision in wanted:
+        for (label, want, precision), reference in zip(wanted, references):
+            label = getattr(reference.run, "label", label)  # the engine an ONNX runner fell back to
             diffs.extend({**d, "reference": label}
                          for d in compare(got, want, output_names, batch, tolerance, precision))
     if not all(d["ok"] for d in diffs):

@@ -155,3 +155,107 @@ def keras_multi_head_attention(seq: int = 5, dim: int = 8, heads: int = 2, seed:
     return model(nodes, [helper.make_tensor_value_info("query", TensorProto.FLOAT, ["unk__7", seq, dim])],
                  [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["unk__7", 3])], inits, opset=13,
                  name="tf2onnx")
+
+
+def recurrent_layer(op: str = "LSTM", *, hidden: int = 4, features: int = 3, seq: int = 5, batch: int | str = "N",
+                    direction: str = "forward", layout: int = 0, peepholes: bool = False, clip: float | None = None,
+                    activations: list[str] | None = None, alphas: list[float] | None = None,
+                    betas: list[float] | None = None, linear_before_reset: int | None = None,
+                    sequence_lens: list[int] | None = None, initial_state: bool = False,
+                    outputs: tuple[str, ...] = ("Y", "Y_h"), opset: int = 14, seed: int = 0) -> onnx.ModelProto:
+    """One ONNX LSTM, GRU or RNN node with the attributes other producers write; its
+    outputs each feed a graph output (Y_h and Y_c flattened to [batch, dirs * hidden])."""
+    rng = np.random.default_rng(seed)
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+    dirs = 2 if direction == "bidirectional" else 1
+    f32 = np.float32
+    inits = [const("W", (rng.normal(size=(dirs, gates * hidden, features)) * 0.5).astype(f32)),
+             const("R", (rng.normal(size=(dirs, gates * hidden, hidden)) * 0.5).astype(f32)),
+             const("B", (rng.normal(size=(dirs, 2 * gates * hidden)) * 0.2).astype(f32))]
+    # Inputs are batch first, as explainers need; sequence-first layers get transposed ones.
+    names = ["x" if layout else "x_seq_first", "W", "R", "B"]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, seq, features])]
+    nodes = [] if layout else [helper.make_node("Transpose", ["x"], ["x_seq_first"], perm=[1, 0, 2])]
+    if sequence_lens is not None:
+        inits.append(const("lens", np.array(sequence_lens, np.int32)))
+    names.append("lens" if sequence_lens is not None else "")
+    for state in ("h0", "c0")[:2 if op == "LSTM" else 1]:
+        if initial_state:
+            inputs.append(helper.make_tensor_value_info(state, TensorProto.FLOAT, [batch, dirs, hidden]))
+            if not layout:
+                nodes.append(helper.make_node("Transpose", [state], [f"{state}_dir_first"], perm=[1, 0, 2]))
+        names.append((state if layout else f"{state}_dir_first") if initial_state else "")
+    if peepholes:
+        inits.append(const("P", (rng.normal(size=(dirs, 3 * hidden)) * 0.5).astype(f32)))
+        names.append("P")
+    while names and not names[-1]:
+        names.pop()
+    attrs = {"hidden_size": hidden, "direction": direction}
+    if opset >= 14:
+        attrs["layout"] = layout
+    for key, value in (("clip", clip), ("activations", activations), ("activation_alpha", alphas),
+                       ("activation_beta", betas), ("linear_before_reset", linear_before_reset)):
+        if value is not None:
+            attrs[key] = value
+    node_outputs = [o if o in outputs else "" for o in ("Y", "Y_h", "Y_c")[:3 if op == "LSTM" else 2]]
+    while not node_outputs[-1]:
+        node_outputs.pop()
+    nodes.append(helper.make_node(op, names, node_outputs, name=f"encoder/{op.lower()}", **attrs))
+    graph_outputs = []
+    for o in outputs:
+        flat = f"{o}_flat"
+        if o == "Y":
+            # [seq, dirs, batch, hidden] (layout 1: [batch, seq, dirs, hidden]) -> batch first, flattened
+            perm = [2, 0, 1, 3] if layout == 0 else [0, 1, 2, 3]
+            nodes.append(helper.make_node("Transpose", [o], [f"{o}_t"], perm=perm))
+        else:
+            nodes.append(helper.make_node("Transpose", [o], [f"{o}_t"], perm=[1, 0, 2] if layout == 0 else [0, 1, 2]))
+        nodes.append(helper.make_node("Flatten", [f"{o}_t"], [flat], axis=1))
+        graph_outputs.append(helper.make_tensor_value_info(flat, TensorProto.FLOAT, None))
+    return model(nodes, inputs, graph_outputs, inits, opset=opset, name=f"{op.lower()}_layer")
+
+
+def keras_rnn_loop(seq: int = 4, features: int = 3, hidden: int = 5, seed: int = 0) -> onnx.ModelProto:
+    """A Keras SimpleRNN as tf2onnx writes it when it does not emit the RNN op: a Loop over
+    the time steps with a constant trip count, the input read by the iteration number from
+    the outer scope, the hidden state carried and each step's state scanned out."""
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    body_nodes = [
+        helper.make_node("Gather", ["x_seq", "i"], ["x_t"], axis=0, name="while/strided_slice"),
+        helper.make_node("MatMul", ["x_t", "kernel"], ["xk"], name="while/MatMul"),
+        helper.make_node("MatMul", ["h_in", "recurrent_kernel"], ["hr"], name="while/MatMul_1"),
+        helper.make_node("Add", ["xk", "hr"], ["s"], name="while/add"),
+        helper.make_node("Add", ["s", "bias"], ["pre"], name="while/BiasAdd"),
+        helper.make_node("Tanh", ["pre"], ["h_out"], name="while/Tanh"),
+        helper.make_node("Identity", ["cond_in"], ["cond_out"], name="while/cond"),
+        helper.make_node("Identity", ["h_out"], ["scan_out"], name="while/scan"),
+    ]
+    body = helper.make_graph(
+        body_nodes, "while_body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, ["N", hidden])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_out", TensorProto.FLOAT, ["N", hidden]),
+         helper.make_tensor_value_info("scan_out", TensorProto.FLOAT, ["N", hidden])])
+    inits = [const("kernel", (rng.normal(size=(features, hidden)) * 0.5).astype(f32)),
+             const("recurrent_kernel", (rng.normal(size=(hidden, hidden)) * 0.5).astype(f32)),
+             const("bias", (rng.normal(size=(hidden,)) * 0.1).astype(f32)),
+             const("trips", np.array(seq, np.int64)), const("keep_going", np.array(True)),
+             const("dense", (rng.normal(size=(hidden, 2)) * 0.5).astype(f32)),
+             const("h_shape_tail", np.array([hidden], np.int64)), const("zero", np.array([0], np.int64)),
+             const("one", np.array([1], np.int64))]
+    nodes = [
+        helper.make_node("Transpose", ["input_1"], ["x_seq"], perm=[1, 0, 2], name="simple_rnn/transpose"),
+        helper.make_node("Shape", ["input_1"], ["shape"], name="simple_rnn/Shape"),
+        helper.make_node("Slice", ["shape", "zero", "one"], ["batch"], name="simple_rnn/strided_slice"),
+        helper.make_node("Concat", ["batch", "h_shape_tail"], ["h_shape"], axis=0, name="simple_rnn/zeros/packed"),
+        helper.make_node("ConstantOfShape", ["h_shape"], ["h0"], name="simple_rnn/zeros",
+                         value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])),
+        helper.make_node("Loop", ["trips", "keep_going", "h0"], ["h_last", "states"], body=body, name="simple_rnn/while"),
+        helper.make_node("MatMul", ["h_last", "dense"], ["logits"], name="dense/MatMul"),
+    ]
+    return model(nodes, [helper.make_tensor_value_info("input_1", TensorProto.FLOAT, ["N", seq, features])],
+                 [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])], inits, opset=13,
+                 name="tf2onnx")
