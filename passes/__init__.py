@@ -9,14 +9,14 @@ from .activations import decompose_activations, fuse_activations
 from .base import GraphPass, PassOptions, PassResult
 from .batch import make_batch_dynamic
 from .cleanup import drop_identities, remove_dead_nodes
-from .constants import fold_constants
+from .constants import fold_constants, fold_large_constants
 from .functions import attach_functions
 from .guard import refuse_oversized_values
+from .loops import unroll_loops
 from .maxima import exact_maxima
 from .normalization import decompose_log_softmax, decompose_normalization
 from .precision import upcast_half_precision
 from .products import shapley_products
-from .recurrent import unroll_recurrences
 from .shapes import measure_shapes, refresh_shapes
 
 # The one list of passes, in the order they run.
@@ -27,8 +27,9 @@ PIPELINE: list[GraphPass] = [
     make_batch_dynamic,
     fold_constants,
     refuse_oversized_values,
+    fold_large_constants,
     measure_shapes,
-    unroll_recurrences,
+    unroll_loops,
     fuse_activations,
     decompose_activations,
     decompose_normalization,

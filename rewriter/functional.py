@@ -43,6 +43,11 @@ def check_input(x: torch.Tensor, shape: Sequence[int | str | None], name: str) -
     return x
 
 
+def zero_state(x: torch.Tensor, axis: int, size: int) -> torch.Tensor:
+    """Zeros ``[x.shape[axis], size]`` like ``x``: a recurrent layer's state before the first step."""
+    return x.new_zeros(x.shape[axis], size)
+
+
 def onnx_dims(items: Sequence[int], scalar: bool = False) -> torch.Tensor:
     """The int64 tensor of a shape computed element by element (see ``rewriter.dims``)."""
     tensor = torch.tensor([int(i) for i in items], dtype=torch.int64)

@@ -173,12 +173,16 @@ def _subclasses(base: type) -> list[type]:
 
 
 def elementwise_classes() -> list[type[Elementwise]]:
-    """Every elementwise module class defined here (the rescale rule is exact for each)."""
+    """Every elementwise module class of rewritten models (the rescale rule is exact for each)."""
+    from . import cells  # noqa: F401  (defines subclasses; imports this module)
+
     return _subclasses(Elementwise)
 
 
 def exact_rule_classes() -> list[type[ExactRule]]:
     """Every module class with a rule of its own (see :class:`ExactRule`)."""
+    from . import cells  # noqa: F401
+
     return _subclasses(ExactRule)
 
 

@@ -39,7 +39,9 @@ SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 
 # Functions linear in every operand that depends on the input, when at most one does.
 _BILINEAR = {operator.mul, torch.mul, torch.matmul, torch.einsum, F.conv1d, F.conv2d, F.conv3d,
-             functional.onnx_div, operator.truediv}
+             functional.onnx_div, operator.truediv, F.linear, torch.addmm}
+# For those that add a term to the product: where the product's factors are.
+_PRODUCT_ARGS = {torch.addmm: slice(1, 3), F.linear: slice(0, 2)}
 _LINEAR = {
     operator.add, operator.sub, operator.neg, operator.getitem, torch.add, torch.sub, torch.cat, torch.stack,
     torch.split, torch.flatten, torch.mean, torch.sum, torch.cumsum, torch.flip, torch.reshape, F.pad,
@@ -56,7 +58,8 @@ _LINEAR_METHODS = {"reshape", "permute", "select", "squeeze", "unsqueeze", "view
                    "transpose", "contiguous", "movedim"}
 # Values that carry no information about the input's values.
 _VALUE_FREE_FUNCTIONS = {functional.onnx_shape, functional.onnx_size, functional.onnx_dims, functional.onnx_range,
-                         functional.onnx_trunc_div, functional.onnx_sequence_length, torch.ones_like}
+                         functional.onnx_trunc_div, functional.onnx_sequence_length, torch.ones_like,
+                         functional.zero_state}
 _VALUE_FREE_METHODS = {"size"}
 _DISCRETE = {torch.argmax: "arg max", torch.argmin: "arg min", functional.onnx_topk: "top-k selection",
              functional.onnx_nonzero: "non-zero positions"}
@@ -137,6 +140,8 @@ def _call_treatment(node: fx.Node, varying: set[fx.Node]) -> tuple[str, str | No
     if target in _LINEAR:
         return "linear", None
     if target in _BILINEAR:
+        if target in _PRODUCT_ARGS:  # a product plus a linear term: only the factors count
+            operands = [a for a in node.args[_PRODUCT_ARGS[target]] if a in varying]
         if len(operands) <= 1 and not (target in (operator.truediv, functional.onnx_div)
                                        and len(node.args) > 1 and node.args[1] in varying):
             return "linear", None

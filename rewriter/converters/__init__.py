@@ -31,4 +31,4 @@ def converter(*op_types: str) -> Callable:
 
 
 # Importing the families fills the registry.
-from . import activations, arithmetic, layers, pooling, tensors  # noqa: E402,F401
+from . import activations, arithmetic, layers, pooling, recurrent, tensors  # noqa: E402,F401
