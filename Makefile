@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed-stamp
 TORCH := torch==2.13.0
 NEWEST_VENV ?= .venv-newest
 NEWEST_STAMP := $(NEWEST_VENV)/.installed-stamp
-NEWEST_TESTS := tests/test_architectures.py tests/test_exactness.py tests/test_families.py
+NEWEST_TESTS := tests/test_architectures.py tests/test_exactness.py tests/test_families.py tests/test_recurrent.py \
+	tests/test_batch_axis.py
 PYTEST := -m pytest -q -n 2 --dist loadfile
 
 .PHONY: install test test-newest demo lint bench clean

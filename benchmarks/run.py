@@ -33,8 +33,11 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
 
 from architectures import MobileNetV2, ResNet, ViT, randomize_batchnorm  # noqa: E402
+
+import recurrent  # noqa: E402
 
 from rewriter import rewrite  # noqa: E402
 
@@ -216,6 +219,9 @@ def main() -> int:
                                     "per_node_ms_resnet152": big["rewrite_per_node_ms"], "ratio": growth}
         print(f"\ndepth scaling: rewrite time per node resnet18 {small['rewrite_per_node_ms']:.2f}ms, resnet152 "
               f"{big['rewrite_per_node_ms']:.2f}ms (ratio {growth:.2f}; linear keeps it near 1)  {ok(growth < 2)}")
+
+    print("\nrecurrent: LSTM hidden 128, batch 32")
+    results["recurrent"] = recurrent.measure()
 
     path = HERE / "results.json"
     path.write_text(json.dumps(results, indent=2))
