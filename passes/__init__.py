@@ -10,6 +10,7 @@ from .base import GraphPass, PassOptions, PassResult
 from .batch import make_batch_dynamic
 from .cleanup import drop_identities, remove_dead_nodes
 from .constants import fold_constants, fold_large_constants
+from .expand import expand_function_ops
 from .functions import attach_functions
 from .guard import refuse_oversized_values
 from .loops import unroll_loops
@@ -24,6 +25,7 @@ PIPELINE: list[GraphPass] = [
     upcast_half_precision,
     remove_dead_nodes,
     drop_identities,
+    expand_function_ops,
     make_batch_dynamic,
     fold_constants,
     refuse_oversized_values,

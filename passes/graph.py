@@ -190,8 +190,19 @@ def _topological(graph: gs.Graph) -> list[gs.Node]:
 
 
 def batch_dims(graph: gs.Graph) -> set:
-    """The leading dims of the graph inputs: the batch's symbol (or its size, when fixed)."""
-    return {t.shape[0] for t in graph.inputs if t.shape}
+    """The batch, as the graph inputs' leading dims say (see :func:`leading_batch`)."""
+    return leading_batch([t.shape for t in graph.inputs])
+
+
+def leading_batch(shapes) -> set:
+    """The batch's symbols: the symbolic leading dims of the inputs (those that carry the
+    batch); without any, a fixed leading dim every input shares. Empty when there is no
+    batch (fixed shapes whose leading dims differ: a broadcast operand is no batch)."""
+    leading = [shape[0] if shape else None for shape in shapes]
+    symbols = {d for d in leading if isinstance(d, str)}
+    if symbols:
+        return symbols
+    return set(leading) if len(set(leading)) == 1 and isinstance(leading[0], int) else set()
 
 
 def is_float(tensor: gs.Tensor) -> bool:

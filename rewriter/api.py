@@ -96,17 +96,22 @@ def _output_names(model: onnx.ModelProto) -> list[str]:
     return [o.name for o in model.graph.output]
 
 
-def _extra_rows(source: onnx.ModelProto, dynamic_batch: bool) -> int:
-    """How much bigger the second check batch is: a fixed batch made dynamic is checked at
-    a multiple of itself (the source runs in chunks); one left fixed, at its own size."""
+def _second_batch(source: onnx.ModelProto, dynamic_batch: bool) -> tuple[int, list[bool]]:
+    """How the second check batch differs from the first: how many more rows, in which
+    inputs. The inputs that share the first symbolic leading dim carry the batch; without
+    one, a fixed leading dim that every input shares does (made dynamic, it is checked at
+    a multiple of itself and the source runs in chunks; kept fixed, at its own size); other
+    fixed shapes stay as they are."""
     leading = [vi.type.tensor_type.shape.dim[0] if vi.type.tensor_type.shape.dim else None
                for vi in _runtime_inputs(source)]
+    symbol = next((d.dim_param for d in leading if d is not None and d.dim_param), None)
+    if symbol is not None:
+        return 1, [d is not None and d.dim_param == symbol for d in leading]
     fixed = {d.dim_value for d in leading if d is not None and d.HasField("dim_value") and d.dim_value > 0}
-    if not fixed:
-        return 1
-    # As passes/batch.py decides: every input shares one fixed leading dim.
-    shared = len(fixed) == 1 and all(d is not None and d.HasField("dim_value") for d in leading)
-    return next(iter(fixed)) if dynamic_batch and shared else 0
+    if len(fixed) == 1 and all(d is not None and d.HasField("dim_value") for d in leading):
+        # As passes/batch.py decides whether to make it dynamic.
+        return (next(iter(fixed)) if dynamic_batch else 0), [True] * len(leading)
+    return 0, [False] * len(leading)
 
 
 def _runtime_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -114,13 +119,14 @@ def _runtime_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [vi for vi in model.graph.input if vi.name not in initializers]
 
 
-def _feeds(model: onnx.ModelProto, inputs: tuple[torch.Tensor, ...], extra_rows: int) -> tuple[dict, ...]:
+def _feeds(model: onnx.ModelProto, inputs: tuple[torch.Tensor, ...], extra_rows: int,
+           carries: list[bool] | None) -> tuple[dict, ...]:
     """The check inputs at both batch sizes, by graph input name, for measuring shapes."""
     names = [vi.name for vi in _runtime_inputs(model)]
     if not inputs or len(names) != len(inputs):
         return ()
     return tuple({name: t.detach().cpu().numpy() for name, t in zip(names, batch)}
-                 for batch in (inputs, other_batch(inputs, extra_rows)))
+                 for batch in (inputs, other_batch(inputs, extra_rows, carries)))
 
 
 @dataclass
@@ -276,17 +282,18 @@ def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str
         inputs, references = tuple(example_inputs), [Reference("model", torch_runner(model))]
         with torch.no_grad():
             count = len(as_list(model(*inputs)))
-        output_names, extra_rows = [f"output_{i}" for i in range(count)], 1
+        output_names, extra_rows, carries = [f"output_{i}" for i in range(count)], 1, None
     else:
         source = _read(model, tuple(example_inputs), dims, exporter, opset, clock)
         info, inputs, references = source.report, source.inputs, source.references
-        extra_rows = _extra_rows(source.proto, dynamic_batch) if info.source == "onnx" else 1
-        options = PassOptions(dynamic_batch, decompose_clips, _feeds(source.prepared, inputs, extra_rows),
+        extra_rows, carries = _second_batch(source.proto, dynamic_batch) if info.source == "onnx" else (1, None)
+        options = PassOptions(dynamic_batch, decompose_clips, _feeds(source.prepared, inputs, extra_rows, carries),
                               max_tensor_bytes)
         module = _passes_and_import(source, options, clock)
         output_names = _output_names(source.proto)
     with clock.stage("verify", "verifying against the source"):
-        info.verification = verify(module, references, inputs, output_names, Tolerance(atol, rtol), extra_rows)
+        info.verification = verify(module, references, inputs, output_names, Tolerance(atol, rtol), extra_rows,
+                                   carries)
     info.nodes = classify(module)
     if check:
         with clock.stage("check", "checking additivity with the explainers"):

@@ -26,6 +26,7 @@ from .errors import ConversionError, UnsupportedOpError
 from .modules import is_linear_layer, keeps_meaning_when_batch_moves
 from .naming import sanitize
 from .onnx_values import ONNX_TO_TORCH_DTYPE, attribute_value, tensor_from_proto
+from .passes.graph import leading_batch
 from .passes.weights import light_copy
 from .result import ExplainableModule
 
@@ -214,7 +215,7 @@ class Importer:
         self.readers = collections.Counter([name for n in graph.node for name in n.input] +
                                            [o.name for o in graph.output])
         runtime_inputs = [i for i in graph.input if i.name not in self.initializers]
-        self._batch_dims = {self.infos[i.name].shape[0] for i in runtime_inputs if self.infos[i.name].shape}
+        self._batch_dims = leading_batch([self.infos[i.name].shape for i in runtime_inputs])
         self._symbolic_batch = any(isinstance(d, str) for d in self._batch_dims)
         self.opset = next((o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS), 1)
         self.root = nn.Module()

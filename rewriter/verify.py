@@ -126,13 +126,15 @@ class OnnxRunner:
         return engine
 
     def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        chunk = next((f for f in self._fixed if f), None)
-        batch = inputs[0].shape[0] if inputs and inputs[0].dim() else 1
-        step = chunk if chunk and batch % chunk == 0 else batch
+        # An input given a multiple of its fixed leading dim (a fixed batch made dynamic) is
+        # fed in chunks of that size; every other input whole, to each chunk.
+        chunked = [f is not None and t.dim() > 0 and t.shape[0] != f and t.shape[0] % f == 0
+                   for f, t in zip(self._fixed, inputs)]
+        parts = max((t.shape[0] // f for f, t, c in zip(self._fixed, inputs, chunked) if c), default=1)
         pieces: list[list[np.ndarray]] = []
-        for start in range(0, batch, step):
-            feed = {n: _as_numpy(t[start:start + step] if f else t, d)
-                    for n, t, f, d in zip(self._names, inputs, self._fixed, self._dtypes)}
+        for k in range(parts):
+            feed = {n: _as_numpy(t[k * f:(k + 1) * f] if c else t, d)
+                    for n, t, f, c, d in zip(self._names, inputs, self._fixed, chunked, self._dtypes)}
             pieces.append(list(self._engine.run(None, feed)))
         return [torch.from_numpy(np.asarray(np.concatenate([p[k] for p in pieces]) if len(pieces) > 1 else pieces[0][k]))
                 for k in range(len(pieces[0]))]
@@ -156,20 +158,25 @@ def _as_numpy(tensor: torch.Tensor, dtype) -> np.ndarray:
     return array.astype(dtype) if dtype is not None and array.dtype.kind == "f" else array
 
 
-def other_batch(inputs: Sequence[torch.Tensor], extra_rows: int = 1) -> tuple[torch.Tensor, ...]:
-    """A second check batch built from the example inputs: their rows in reverse order, plus
-    ``extra_rows`` more, with a little deterministic noise on float inputs so rows differ."""
+def other_batch(inputs: Sequence[torch.Tensor], extra_rows: int = 1,
+                carries: Sequence[bool] | None = None) -> tuple[torch.Tensor, ...]:
+    """A second check batch built from the example inputs: the rows of each input that
+    carries the batch (``carries``; default every input with a dim) in reverse order, plus
+    ``extra_rows`` more, with a little deterministic noise on float inputs so rows differ.
+    Inputs that do not carry the batch (a broadcast operand, parameters fed as inputs)
+    stay as they are."""
     generator = torch.Generator().manual_seed(0)
-    batch = inputs[0].shape[0] if inputs and inputs[0].dim() else 1
+    carries = list(carries) if carries is not None else [t.dim() > 0 for t in inputs]
+    batch = next((t.shape[0] for t, c in zip(inputs, carries) if c and t.dim()), 0)
     size = batch + extra_rows
     out = []
-    for t in inputs:
-        if t.dim() == 0:
+    for t, carried in zip(inputs, carries):
+        if not carried or t.dim() == 0 or t.shape[0] == 0:
             out.append(t)
             continue
         rows = torch.cat([t.flip(0)] * (size // t.shape[0] + 1))[:size]
         if rows.is_floating_point():
-            scale = rows.float().std().clamp(min=1e-3) * 0.05
+            scale = rows.float().std().clamp(min=1e-3) * 0.05 if rows.numel() > 1 else rows.new_tensor(1e-3)
             rows = rows + (torch.randn(rows.shape, generator=generator) * scale).to(rows.dtype)
         out.append(rows)
     return tuple(out)
@@ -254,9 +261,11 @@ def _failing_node(module: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> fx
 
 
 def verify(result_model: torch.nn.Module, references: Sequence[Reference], inputs: Sequence[torch.Tensor],
-           output_names: Sequence[str], tolerance: Tolerance = Tolerance(), extra_rows: int = 1) -> list[dict]:
+           output_names: Sequence[str], tolerance: Tolerance = Tolerance(), extra_rows: int = 1,
+           carries: Sequence[bool] | None = None) -> list[dict]:
     """Compare ``result_model`` with each reference on ``inputs`` and on a second
-    batch with ``extra_rows`` more rows (0 when the batch size is fixed).
+    batch with ``extra_rows`` more rows (0 when the batch size is fixed) in the inputs that
+    ``carries`` the batch (see :func:`other_batch`).
 
     Tolerances follow each reference's precision, so a float16 source is held to float16
     precision and a float32 reference to float32's. Returns the per-output figures; raises
@@ -265,7 +274,7 @@ def verify(result_model: torch.nn.Module, references: Sequence[Reference], input
     """
     run = torch_runner(result_model)
     diffs: list[dict] = []
-    for batch_inputs in (tuple(inputs), other_batch(inputs, extra_rows)):
+    for batch_inputs in (tuple(inputs), other_batch(inputs, extra_rows, carries)):
         batch = batch_inputs[0].shape[0] if batch_inputs and batch_inputs[0].dim() else 1
         # The sources first: when they reject the inputs, the inputs are at fault.
         wanted = [(label, _run_reference(label, reference, batch_inputs, batch, output_names), precision)

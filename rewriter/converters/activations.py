@@ -111,6 +111,8 @@ def clip(ctx):
                     "fold the bound into an initializer")
     lo = None if lo is None else float(lo)
     hi = None if hi is None else float(hi)
+    if lo is None and hi is None:
+        return ctx.input(0)  # no bounds: the identity
     if is_integer(ctx):
         return ctx.call(torch.clamp, ctx.input(0), lo, hi)
     if lo == 0.0 and hi == 6.0:

@@ -1,0 +1,68 @@
+"""Ops with no converter that ONNX itself defines as a function of other ops, expanded.
+
+ONNX gives many newer ops a body of older ones (Attention, RMSNormalization,
+RotaryEmbedding as context-dependent functions of their attributes and input types).
+Where shaprewrite has no converter for such an op, its body replaces it, and every later
+pass sees the pieces: the matrix products become Shapley products, the softmax an
+ExactSoftmax, the normalisation's ``x / sqrt(mean(x^2) + eps)`` a product and rescaled
+elementwise functions, so the expanded op is as exact as its pieces.
+"""
+
+from __future__ import annotations
+
+import re
+
+import onnx
+import onnx.inliner
+import onnx_graphsurgeon as gs
+
+from .base import PassOptions, PassResult
+from .functions import attach_functions
+
+_STANDARD = ("", "ai.onnx")
+_CALL_SUFFIX = re.compile(r"__\d+$")  # the inliner's mark of which call a value belongs to
+
+
+def expand_function_ops(graph: gs.Graph, options: PassOptions) -> PassResult:
+    """Replace each standard op that has no converter by the body ONNX defines for it
+    (when it defines one); its nodes are named after the op they expand."""
+    from ..converters import CONVERTERS  # the converters import passes.graph: import on use
+
+    wanted = sorted({n.op for n in graph.nodes if (n.domain or "") in _STANDARD and n.op not in CONVERTERS})
+    result = PassResult("expand_function_ops")
+    if not wanted:
+        return result
+    model = gs.export_onnx(graph, do_type_check=False)
+    attach_functions(model)
+    calls = [n.name for n in model.graph.node if (n.domain or "") in _STANDARD and n.op_type in wanted]
+    expanded = onnx.inliner.inline_selected_functions(model, [("", op) for op in wanted], inline_schema_functions=True)
+    result.added = _name_expanded_nodes(expanded.graph, calls, {n.name for n in model.graph.node})
+    remaining = {n.name for n in expanded.graph.node}
+    result.removed = [name for name in calls if name not in remaining]
+    if result.removed:
+        replacement = gs.import_onnx(expanded)
+        graph.nodes, graph.inputs, graph.outputs = replacement.nodes, replacement.inputs, replacement.outputs
+    return result
+
+
+def _name_expanded_nodes(graph: onnx.GraphProto, calls: list[str], taken: set[str]) -> list[str]:
+    """The inliner leaves a body's nodes unnamed, in place of the call they expand, in
+    order: name each run after its call and the value it computes (``attention_qk``)."""
+    pending = iter(calls)
+    current, previous_new, named = None, False, []
+    for node in graph.node:
+        new = not node.name
+        if new and not previous_new:
+            current = next(pending, current)
+        previous_new = new
+        if not new or current is None:
+            continue
+        computed = _CALL_SUFFIX.sub("", node.output[0] if node.output else node.op_type)
+        base = f"{current}_{computed}"
+        name, k = base, 1
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        node.name = name
+        named.append(name)
+    return named
