@@ -35,6 +35,7 @@ def expand_function_ops(graph: gs.Graph, options: PassOptions) -> PassResult:
     model = gs.export_onnx(graph, do_type_check=False)
     attach_functions(model)
     calls = [n.name for n in model.graph.node if (n.domain or "") in _STANDARD and n.op_type in wanted]
+    _spell_out_defaults(model, wanted)
     expanded = onnx.inliner.inline_selected_functions(model, [("", op) for op in wanted], inline_schema_functions=True)
     result.added = _name_expanded_nodes(expanded.graph, calls, {n.name for n in model.graph.node})
     remaining = {n.name for n in expanded.graph.node}
@@ -43,6 +44,26 @@ def expand_function_ops(graph: gs.Graph, options: PassOptions) -> PassResult:
         replacement = gs.import_onnx(expanded)
         graph.nodes, graph.inputs, graph.outputs = replacement.nodes, replacement.inputs, replacement.outputs
     return result
+
+
+def _spell_out_defaults(model: onnx.ModelProto, ops: list[str]) -> None:
+    """Write each default attribute the nodes to expand leave out: a body refers to the
+    caller's attributes (``axes = @axes``), and the inliner drops a reference the caller
+    does not set instead of taking the schema's default (MeanVarianceNormalization's
+    axes)."""
+    opset = next((o.version for o in model.opset_import if o.domain in _STANDARD), 1)
+    for node in model.graph.node:
+        if (node.domain or "") not in _STANDARD or node.op_type not in ops:
+            continue
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opset)
+        except onnx.defs.SchemaError:
+            continue
+        given = {a.name for a in node.attribute}
+        for name, attribute in schema.attributes.items():
+            default = attribute.default_value
+            if name not in given and default is not None and default.type != onnx.AttributeProto.UNDEFINED:
+                node.attribute.append(default)
 
 
 def _name_expanded_nodes(graph: onnx.GraphProto, calls: list[str], taken: set[str]) -> list[str]:

@@ -26,31 +26,35 @@ def _normalize(b: Builder, x: gs.Tensor, axes: list[int], eps: float) -> gs.Tens
     rank = len(x.shape)
     if axes == [rank - 1]:
         return b.node("Standardize", [x], "standardize", {"epsilon": eps}, domain=DOMAIN)
-    rows = b.node("Reshape", [x, b.ints([0, *x.shape[1:axes[0]], -1], "rows_shape")], "rows")
+    rows = b.node("Reshape", [x, b.ints([0] * axes[0] + [-1], "rows_shape")], "rows")
     standardized = b.node("Standardize", [rows], "standardize", {"epsilon": eps}, domain=DOMAIN)
     return b.node("Reshape", [standardized, b.node("Shape", [x], "shape")], "unrows")
 
 
-def _affine(b: Builder, y: gs.Tensor, scale: np.ndarray | None, bias: np.ndarray | None, out: gs.Variable) -> None:
-    if scale is not None and bias is not None:
-        b.node("Add", [b.node("Mul", [y, b.const(scale, "weight")], "scale"), b.const(bias, "bias")], "shift",
-               output=out)
-    elif scale is not None:
-        b.node("Mul", [y, b.const(scale, "weight")], "scale", output=out)
-    else:
-        b.node("Identity", [y], "out", output=out)
+def _affine(b: Builder, y: gs.Tensor, scale: gs.Tensor | None, bias: gs.Tensor | None, out: gs.Variable) -> None:
+    if scale is not None:
+        y = b.node("Mul", [y, scale], "scale")
+    if bias is not None:
+        y = b.node("Add", [y, bias], "shift")
+    b.node("Identity", [y], "out", output=out)
 
 
-def _channel_shaped(value: np.ndarray, rank: int) -> np.ndarray:
-    """A per-channel vector shaped to broadcast over an N, C, spatial... tensor."""
-    return value.reshape(-1, *([1] * (rank - 2)))
-
-
-def _optional_const(node: gs.Node, i: int):
+def _parameter(b: Builder, node: gs.Node, i: int, shape: list[int] | None, name: str,
+               repeats: int = 1) -> gs.Tensor | None:
+    """Input ``i`` (a scale or bias) shaped ``shape`` to broadcast, each element repeated
+    ``repeats`` times first (GroupNormalization's per-group scales at opset 18); a constant
+    when it is one, else nodes reshaping the value computed at run time. None when absent."""
     if len(node.inputs) <= i or (isinstance(node.inputs[i], gs.Variable) and not node.inputs[i].name):
-        return None, True
+        return None
     value = const_value(node.inputs[i])
-    return value, value is not None
+    if value is not None:
+        value = np.repeat(value.reshape(-1), repeats) if repeats > 1 else value
+        return b.const(value.reshape(shape) if shape else value, name)
+    tensor = node.inputs[i]
+    if repeats > 1:
+        per_group = b.node("Reshape", [tensor, b.ints([-1, 1], f"{name}_column")], f"{name}_groups")
+        tensor = b.node("Expand", [per_group, b.ints([1, repeats], f"{name}_repeats")], f"{name}_repeated")
+    return b.node("Reshape", [tensor, b.ints(shape, f"{name}_shape")], f"{name}_shaped") if shape else tensor
 
 
 def _decompose_norm(graph: gs.Graph, node: gs.Node) -> list[str] | None:
@@ -58,40 +62,100 @@ def _decompose_norm(graph: gs.Graph, node: gs.Node) -> list[str] | None:
     if x.shape is None or not is_float(x):
         return None
     rank = len(x.shape)
-    scale, ok_scale = _optional_const(node, 1)
-    bias, ok_bias = _optional_const(node, 2)
-    if not (ok_scale and ok_bias):
-        return None
     eps = float(node.attrs.get("epsilon", 1e-5))
     b = Builder(graph, node.name, float_dtype(x))
+    channels = [-1, *([1] * (rank - 2))]  # a per-channel vector broadcast over N, C, spatial...
     if node.op == "LayerNormalization":
-        if len(node.outputs) > 1 and any(o.outputs for o in node.outputs[1:]):
-            return None  # Mean / InvStdDev are read
         axis = node.attrs.get("axis", -1)
         axis = axis + rank if axis < 0 else axis
-        _affine(b, _normalize(b, x, list(range(axis, rank)), eps), scale, bias, replace_output(node))
+        axes = list(range(axis, rank))
+        _statistics(b, node, x, axes, eps)
+        y = _normalize(b, x, axes, eps)
+        _affine(b, y, _parameter(b, node, 1, None, "weight"), _parameter(b, node, 2, None, "bias"),
+                replace_output(node))
     elif node.op == "InstanceNormalization":
-        _affine(b, _normalize(b, x, list(range(2, rank)), eps), _channel_shaped(scale, rank),
-                _channel_shaped(bias, rank), replace_output(node))
+        y = _normalize(b, x, list(range(2, rank)), eps)
+        _affine(b, y, _parameter(b, node, 1, channels, "weight"), _parameter(b, node, 2, channels, "bias"),
+                replace_output(node))
     else:  # GroupNormalization
         groups = int(node.attrs["num_groups"])
-        channels = x.shape[1]
-        if not isinstance(channels, int) or scale is None or bias is None:
+        size = x.shape[1]
+        scale_shape = node.inputs[1].shape if len(node.inputs) > 1 else None
+        if not isinstance(size, int) or not scale_shape or not isinstance(scale_shape[0], int):
             return None
-        if scale.size != channels:  # opset 18: one scale per group
-            scale, bias = np.repeat(scale, channels // groups), np.repeat(bias, channels // groups)
+        repeats = size // groups if scale_shape[0] != size else 1  # opset 18: one scale per group
         grouped = b.node("Reshape", [x, b.ints([0, groups, -1], "group_shape")], "group")
         standardized = b.node("Standardize", [grouped], "standardize", {"epsilon": eps}, domain=DOMAIN)
         restored = b.node("Reshape", [standardized, b.node("Shape", [x], "shape")], "ungroup")
-        _affine(b, restored, _channel_shaped(scale, rank), _channel_shaped(bias, rank), replace_output(node))
+        _affine(b, restored, _parameter(b, node, 1, channels, "weight", repeats),
+                _parameter(b, node, 2, channels, "bias", repeats), replace_output(node))
+    return b.added
+
+
+def _statistics(b: Builder, node: gs.Node, x: gs.Tensor, axes: list[int], eps: float) -> None:
+    """LayerNormalization's optional outputs Mean and InvStdDev, when something reads them."""
+    outputs = list(node.outputs[1:3])
+    if not any(o.outputs or o in b.graph.outputs for o in outputs):
+        return
+    while len(node.outputs) > 1:  # they are computed below; the node keeps only Y
+        node.outputs.pop()
+    mean = b.reduce("ReduceMean", x, axes, "mean")
+    if outputs:
+        b.node("Identity", [mean], "mean_out", output=outputs[0])
+    if len(outputs) > 1:
+        centered = b.node("Sub", [x, mean], "centered")
+        variance = b.reduce("ReduceMean", b.node("Mul", [centered, centered], "squared"), axes, "variance")
+        std = b.node("Sqrt", [b.node("Add", [variance, b.const(eps, "eps")], "variance_eps")], "std")
+        b.node("Reciprocal", [std], "inv_std", output=outputs[1])
+
+
+def _decompose_lp(graph: gs.Graph, node: gs.Node) -> list[str] | None:
+    """LpNormalization: ``x / ||x||_p`` along the axis (a product with a reciprocal)."""
+    x = node.inputs[0]
+    p = int(node.attrs.get("p", 2))
+    if x.shape is None or p not in (1, 2):
+        return None
+    b = Builder(graph, node.name, float_dtype(x))
+    norm = b.reduce("ReduceL2" if p == 2 else "ReduceL1", x, [node.attrs.get("axis", -1)], "norm")
+    divided = b.node("Div", [x, norm], "divide")
+    # A zero norm gives 0, as onnxruntime does (0 / 0 would be NaN): the guard is linear.
+    nan = b.node("IsNaN", [divided], "is_nan")
+    b.node("Where", [nan, b.const(0.0, "zero"), divided], "normalize", output=replace_output(node))
+    return b.added
+
+
+def _decompose_lrn(graph: gs.Graph, node: gs.Node) -> list[str] | None:
+    """LRN: ``x / (bias + alpha / size * sum of x^2 over neighbouring channels)^beta``, the
+    channel window summed by a pooling over a channel axis made spatial."""
+    x = node.inputs[0]
+    if x.shape is None or len(x.shape) < 3 or not isinstance(x.shape[1], int):
+        return None
+    size = int(node.attrs["size"])
+    alpha, beta, bias = (float(node.attrs.get(k, d)) for k, d in (("alpha", 1e-4), ("beta", 0.75), ("bias", 1.0)))
+    b = Builder(graph, node.name, float_dtype(x))
+    squared = b.node("Mul", [x, x], "square")
+    planes = b.node("Reshape", [squared, b.ints([0, 1, x.shape[1], -1], "planes_shape")], "planes")
+    before, after = (size - 1) // 2, size // 2
+    window = b.node("AveragePool", [planes], "window", {"kernel_shape": [size, 1], "pads": [before, 0, after, 0],
+                                                        "count_include_pad": 1})
+    total = b.node("Reshape", [window, b.node("Shape", [x], "shape")], "window_sum")
+    scaled = b.node("Add", [b.node("Mul", [total, b.const(alpha, "alpha")], "scale"), b.const(bias, "bias")], "base")
+    b.node("Div", [x, b.node("Pow", [scaled, b.const(beta, "beta")], "power")], "normalize",
+           output=replace_output(node))
     return b.added
 
 
 def decompose_normalization(graph: gs.Graph, options: PassOptions) -> PassResult:
-    """LayerNormalization, InstanceNormalization, GroupNormalization -> Standardize + affine."""
+    """LayerNormalization, InstanceNormalization, GroupNormalization -> Standardize + affine;
+    LpNormalization and LRN -> their norms and a division."""
     norms = ("LayerNormalization", "InstanceNormalization", "GroupNormalization")
-    return replace_each(graph, "decompose_normalization",
-                        lambda node: _decompose_norm(graph, node) if node.op in norms else None)
+    others = {"LpNormalization": _decompose_lp, "LRN": _decompose_lrn}
+
+    def rewrite(node: gs.Node) -> list[str] | None:
+        if node.op in norms:
+            return _decompose_norm(graph, node)
+        return others[node.op](graph, node) if node.op in others else None
+    return replace_each(graph, "decompose_normalization", rewrite)
 
 
 def _decompose_log_softmax(graph: gs.Graph, node: gs.Node) -> list[str] | None:

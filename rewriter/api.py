@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import onnx
 import torch
@@ -96,22 +98,31 @@ def _output_names(model: onnx.ModelProto) -> list[str]:
     return [o.name for o in model.graph.output]
 
 
-def _second_batch(source: onnx.ModelProto, dynamic_batch: bool) -> tuple[int, list[bool]]:
-    """How the second check batch differs from the first: how many more rows, in which
-    inputs. The inputs that share the first symbolic leading dim carry the batch; without
-    one, a fixed leading dim that every input shares does (made dynamic, it is checked at
-    a multiple of itself and the source runs in chunks; kept fixed, at its own size); other
+class _SecondBatch(NamedTuple):
+    """How the second check batch differs from the first: ``extra_rows`` more rows in the
+    inputs that ``carries`` the batch; ``made_dynamic`` when that batch is a fixed one the
+    passes make dynamic."""
+
+    extra_rows: int
+    carries: list[bool] | None
+    made_dynamic: bool = False
+
+
+def _second_batch(source: onnx.ModelProto, dynamic_batch: bool) -> _SecondBatch:
+    """The inputs that share the first symbolic leading dim carry the batch; without one, a
+    fixed leading dim that every input shares does (made dynamic, it is checked at a
+    multiple of itself and the source runs in chunks; kept fixed, at its own size); other
     fixed shapes stay as they are."""
     leading = [vi.type.tensor_type.shape.dim[0] if vi.type.tensor_type.shape.dim else None
                for vi in _runtime_inputs(source)]
     symbol = next((d.dim_param for d in leading if d is not None and d.dim_param), None)
     if symbol is not None:
-        return 1, [d is not None and d.dim_param == symbol for d in leading]
+        return _SecondBatch(1, [d is not None and d.dim_param == symbol for d in leading])
     fixed = {d.dim_value for d in leading if d is not None and d.HasField("dim_value") and d.dim_value > 0}
     if len(fixed) == 1 and all(d is not None and d.HasField("dim_value") for d in leading):
         # As passes/batch.py decides whether to make it dynamic.
-        return (next(iter(fixed)) if dynamic_batch else 0), [True] * len(leading)
-    return 0, [False] * len(leading)
+        return _SecondBatch(next(iter(fixed)) if dynamic_batch else 0, [True] * len(leading), dynamic_batch)
+    return _SecondBatch(0, [False] * len(leading))
 
 
 def _runtime_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -282,18 +293,25 @@ def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str
         inputs, references = tuple(example_inputs), [Reference("model", torch_runner(model))]
         with torch.no_grad():
             count = len(as_list(model(*inputs)))
-        output_names, extra_rows, carries = [f"output_{i}" for i in range(count)], 1, None
+        output_names = [f"output_{i}" for i in range(count)]
+        with clock.stage("verify", "verifying against the source"):
+            info.verification = verify(module, references, inputs, output_names, Tolerance(atol, rtol))
     else:
         source = _read(model, tuple(example_inputs), dims, exporter, opset, clock)
-        info, inputs, references = source.report, source.inputs, source.references
-        extra_rows, carries = _second_batch(source.proto, dynamic_batch) if info.source == "onnx" else (1, None)
-        options = PassOptions(dynamic_batch, decompose_clips, _feeds(source.prepared, inputs, extra_rows, carries),
-                              max_tensor_bytes)
-        module = _passes_and_import(source, options, clock)
-        output_names = _output_names(source.proto)
-    with clock.stage("verify", "verifying against the source"):
-        info.verification = verify(module, references, inputs, output_names, Tolerance(atol, rtol), extra_rows,
-                                   carries)
+        info, inputs = source.report, source.inputs
+        options = PassOptions(dynamic_batch, decompose_clips, max_tensor_bytes=max_tensor_bytes)
+        plan = _second_batch(source.proto, dynamic_batch) if info.source == "onnx" else _SecondBatch(1, None)
+        try:
+            module = _convert_and_verify(source, options, plan, Tolerance(atol, rtol), clock)
+        except ShapRewriteError as exc:
+            if not plan.made_dynamic:
+                raise
+            # The graph depends on its fixed batch (it mixes rows, or its other inputs
+            # share that leading dim without being batched): keep it fixed.
+            info.notes.append(f"the fixed batch of {plan.extra_rows} was kept: made dynamic, {exc.message}")
+            options = dataclasses.replace(options, dynamic_batch=False)
+            module = _convert_and_verify(source, options, _second_batch(source.proto, False), Tolerance(atol, rtol),
+                                         clock)
     info.nodes = classify(module)
     if check:
         with clock.stage("check", "checking additivity with the explainers"):
@@ -303,6 +321,17 @@ def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str
             info.check = self_check(module, background, rows)
     info.timings = clock.timings
     return (module, info) if report else module
+
+
+def _convert_and_verify(source: _Source, options: PassOptions, plan: _SecondBatch, tolerance: Tolerance,
+                        clock: _Clock) -> nn.Module:
+    """Passes, import and verification of ``source``; the report records each."""
+    options = dataclasses.replace(options, feeds=_feeds(source.prepared, source.inputs, plan.extra_rows, plan.carries))
+    module = _passes_and_import(source, options, clock)
+    with clock.stage("verify", "verifying against the source"):
+        source.report.verification = verify(module, source.references, source.inputs, _output_names(source.proto),
+                                            tolerance, plan.extra_rows, plan.carries)
+    return module
 
 
 def _passes_and_import(source: _Source, options: PassOptions, clock: _Clock) -> nn.Module:

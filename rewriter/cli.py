@@ -137,6 +137,8 @@ class _Terminal:
             worst = max(report.verification, key=lambda d: d["max_rel"])
             self.print(f"verified: {len(report.verification)} comparisons, worst max abs diff "
                        f"{max(d['max_abs'] for d in report.verification):.3g}, max rel diff {worst['max_rel']:.3g}")
+        for note in report.notes:
+            self.print(f"note: {note}")
         if report.unsupported:
             self.print(f"unsupported ops: {', '.join(f'{op} ({node})' for op, node in report.unsupported.items())}")
         approximate = report.approximate

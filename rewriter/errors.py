@@ -53,11 +53,13 @@ class UnsupportedOpError(ShapRewriteError):
     def __init__(self, ops: dict[str, str]) -> None:
         self.ops = dict(sorted(ops.items()))
         listing = ", ".join(f"{op} (e.g. node '{node}')" for op, node in self.ops.items())
-        super().__init__(
-            f"The model uses {len(self.ops)} op type(s) shaprewrite cannot import: {listing}",
-            fix="re-export the model with a standard opset (17-20) so these ops are expressed "
-                "with standard ONNX operators, or file an issue naming the op",
-        )
+        custom = sorted({op.rsplit(".", 1)[0] for op in self.ops if "." in op})
+        if custom:
+            fix = (f"ops of the domain(s) {', '.join(custom)} are not standard ONNX: export the model without "
+                   "custom ops (their producer's option for standard ops), or file an issue naming the op")
+        else:
+            fix = "shaprewrite has no converter for these standard ops yet: file an issue naming the op and the node"
+        super().__init__(f"The model uses {len(self.ops)} op type(s) shaprewrite cannot import: {listing}", fix=fix)
 
 
 class ConversionError(ShapRewriteError):

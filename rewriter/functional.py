@@ -346,6 +346,22 @@ def onnx_avg_pool_padded(x: torch.Tensor, kernel: list[int], strides: list[int],
     return total / pool(ones, kernel, strides, 0, ceil_mode, True)
 
 
+def onnx_window_sum(x: torch.Tensor, kernel: list[int], strides: list[int], pads: list[int],
+                    dilations: list[int]) -> torch.Tensor:
+    """The sum of each (dilated) pooling window, zero padding ``pads`` (F.pad order): a
+    depthwise convolution with a kernel of ones, linear in ``x``."""
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(kernel)]
+    channels = x.shape[1]
+    ones = x.new_ones(channels, 1, *kernel)
+    return conv(F.pad(x, pads), ones, None, strides, 0, dilations, channels)
+
+
+def onnx_hardmax(x: torch.Tensor, axis: int) -> torch.Tensor:
+    """ONNX Hardmax: 1 at the first maximum along ``axis``, 0 elsewhere."""
+    index = x.argmax(axis, keepdim=True)
+    return torch.zeros_like(x).scatter_(axis, index, 1.0)
+
+
 def onnx_split_to_sequence(x: torch.Tensor, axis: int, split: int | list[int] | None,
                            keepdims: int = 1) -> tuple[torch.Tensor, ...]:
     """ONNX SplitToSequence: chunks of ``split`` (size or sizes), or single slices when absent."""

@@ -152,6 +152,22 @@ class ThresholdedRelu(Elementwise):
         return f"alpha={self.alpha}"
 
 
+class Shrink(Elementwise):
+    """ONNX Shrink: ``x - bias`` above ``lambd``, ``x + bias`` below ``-lambd``, 0 between. A
+    jump is no obstacle: the rescale rule is exact for any elementwise function."""
+
+    def __init__(self, bias: float = 0.0, lambd: float = 0.5) -> None:
+        super().__init__()
+        self.bias, self.lambd = bias, lambd
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        zero = torch.zeros_like(x)
+        return torch.where(x > self.lambd, x - self.bias, torch.where(x < -self.lambd, x + self.bias, zero))
+
+    def extra_repr(self) -> str:
+        return f"bias={self.bias}, lambd={self.lambd}"
+
+
 class PRelu(Elementwise):
     """ONNX PRelu with a slope tensor of any broadcastable shape."""
 

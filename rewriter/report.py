@@ -39,9 +39,11 @@ SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 
 # Functions linear in every operand that depends on the input, when at most one does.
 _BILINEAR = {operator.mul, torch.mul, torch.matmul, torch.einsum, F.conv1d, F.conv2d, F.conv3d,
-             functional.onnx_div, operator.truediv, F.linear, torch.addmm}
+             F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, functional.onnx_div, operator.truediv,
+             F.linear, torch.addmm}
 # For those that add a term to the product: where the product's factors are.
-_PRODUCT_ARGS = {torch.addmm: slice(1, 3), F.linear: slice(0, 2)}
+_PRODUCT_ARGS = {torch.addmm: slice(1, 3), F.linear: slice(0, 2), **{f: slice(0, 2) for f in (
+    F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)}}
 _LINEAR = {
     operator.add, operator.sub, operator.neg, operator.getitem, torch.add, torch.sub, torch.cat, torch.stack,
     torch.split, torch.flatten, torch.mean, torch.sum, torch.cumsum, torch.flip, torch.reshape, F.pad,
@@ -52,7 +54,7 @@ _LINEAR = {
     functional.onnx_split_to_sequence, functional.onnx_tile, functional.onnx_pad, functional.onnx_resize,
     functional.onnx_depth_to_space, functional.onnx_space_to_depth, functional.onnx_trilu, functional.onnx_cumsum,
     functional.onnx_avg_pool_padded, functional.pack_operands, functional.onnx_constant_of_shape,
-    functional.check_input,
+    functional.check_input, functional.onnx_window_sum,
 }
 _LINEAR_METHODS = {"reshape", "permute", "select", "squeeze", "unsqueeze", "view_as", "t", "flatten", "expand",
                    "transpose", "contiguous", "movedim"}
@@ -62,6 +64,7 @@ _VALUE_FREE_FUNCTIONS = {functional.onnx_shape, functional.onnx_size, functional
                          functional.zero_state}
 _VALUE_FREE_METHODS = {"size"}
 _DISCRETE = {torch.argmax: "arg max", torch.argmin: "arg min", functional.onnx_topk: "top-k selection",
+             functional.onnx_hardmax: "arg max (Hardmax)",
              functional.onnx_nonzero: "non-zero positions"}
 
 
@@ -135,6 +138,9 @@ def _call_treatment(node: fx.Node, varying: set[fx.Node]) -> tuple[str, str | No
         if node.args[0] not in varying or _is_nan_guard(node):
             return "linear", None
         return "approximate", "selection by an input-dependent mask"
+    if target is F.grid_sample:  # linear in the data when the sampling grid is fixed
+        grid = node.args[1] if len(node.args) > 1 else node.kwargs.get("grid")
+        return ("approximate", "sampling by an input-dependent grid") if grid in varying else ("linear", None)
     if target in _DISCRETE:
         return "approximate", _DISCRETE[target]
     if target in _LINEAR:
@@ -232,6 +238,7 @@ class RewriteReport:
     unsupported: dict[str, str] = field(default_factory=dict)
     check: dict[str, float | str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # decisions taken on the way, in words
 
     @property
     def approximate(self) -> list[str]:
@@ -263,4 +270,5 @@ class RewriteReport:
             "captum_additivity_error": error("captum"),
             "check": self.check,
             "timings": self.timings,
+            "notes": self.notes,
         }

@@ -66,14 +66,15 @@ def test_unsupported_ops_are_all_named():
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])
     nodes = [
         helper.make_node("Relu", ["x"], ["a"], name="ok_relu"),
-        helper.make_node("Hardmax", ["a"], ["b"], name="first_hardmax"),
-        helper.make_node("Hardmax", ["b"], ["c"], name="second_hardmax"),
-        helper.make_node("LpNormalization", ["c"], ["y"], name="the_lpnorm"),
+        helper.make_node("EyeLike", ["a"], ["b"], name="first_eye"),
+        helper.make_node("EyeLike", ["b"], ["c"], name="second_eye"),
+        helper.make_node("RandomNormalLike", ["c"], ["y"], name="the_random"),
     ]
     with pytest.raises(UnsupportedOpError) as info:
         rewrite(model(nodes, [x], [y]))
-    assert info.value.ops == {"Hardmax": "first_hardmax", "LpNormalization": "the_lpnorm"}
-    assert "Hardmax" in str(info.value) and "the_lpnorm" in str(info.value)
+    assert info.value.ops == {"EyeLike": "first_eye", "RandomNormalLike": "the_random"}
+    assert "EyeLike" in str(info.value) and "the_random" in str(info.value)
+    assert "no converter for these standard ops" in info.value.fix
 
 
 def test_local_functions_are_inlined():

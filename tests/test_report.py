@@ -105,15 +105,15 @@ def test_cli_check_fails_below_the_measured_error(resnet_onnx, tmp_path):
 
 def test_inspect_names_unsupported_ops(tmp_path):
     nodes = [helper.make_node("Relu", ["x"], ["r"], name="fine"),
-             helper.make_node("Hardmax", ["r"], ["y"], name="the_hardmax")]
+             helper.make_node("EyeLike", ["r"], ["y"], name="the_eye")]
     path = tmp_path / "unsupported.onnx"
     onnx.save(onnx_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])]), path)
     result = subprocess.run([*CLI, "inspect", str(path), "--json"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 4
-    assert "Hardmax" in result.stderr and "the_hardmax" in result.stderr
+    assert "EyeLike" in result.stderr and "the_eye" in result.stderr
     document = json.loads(result.stdout)
-    assert document["unsupported"] == {"Hardmax": "the_hardmax"}
+    assert document["unsupported"] == {"EyeLike": "the_eye"}
     jsonschema.validate(document, load_schema())
     assert list(tmp_path.iterdir()) == [path]
 

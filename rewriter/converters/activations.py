@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from .. import modules
+from .. import functional, modules
 from ..passes.graph import DOMAIN
 from . import converter
 
@@ -85,6 +85,19 @@ def hard_sigmoid(ctx):
 @converter("ThresholdedRelu")
 def thresholded_relu(ctx):
     return leaf(ctx, modules.ThresholdedRelu(ctx.attr("alpha", 1.0)))
+
+
+@converter("Shrink")
+def shrink(ctx):
+    return leaf(ctx, modules.Shrink(ctx.attr("bias", 0.0), ctx.attr("lambd", 0.5)))
+
+
+@converter("Hardmax")
+def hardmax(ctx):
+    axis = ctx.attr("axis", -1 if ctx.opset >= 13 else 1)
+    ctx.require(ctx.opset >= 13 or axis in (-1, ctx.rank(0) - 1),
+                "Hardmax over several trailing dims (opset < 13) is not supported", "re-export with opset 13 or newer")
+    return ctx.call(functional.onnx_hardmax, ctx.input(0), axis)
 
 
 @converter("PRelu")

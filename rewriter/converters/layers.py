@@ -67,8 +67,9 @@ def conv(ctx):
         bias = None  # exporters write "no bias" as zeros
     rank = weight.dim() if weight is not None else ctx.rank(1)
     n = rank - 2
-    kernel = ctx.attr("kernel_shape") or (list(weight.shape[2:]) if weight is not None else None)
-    ctx.require(kernel is not None and n in _CONV, f"{n}-d convolution with unknown kernel is not supported")
+    kernel = ctx.attr("kernel_shape") or list((weight.shape if weight is not None else ctx.info(1).shape)[2:])
+    ctx.require(n in _CONV and all(isinstance(k, int) for k in kernel),
+                f"{n}-d convolution with an unknown kernel size is not supported")
     strides, dilations = _window(ctx, kernel)
     groups = ctx.attr("group", 1)
     padding, extra = spatial_padding(ctx, kernel, strides, dilations)
@@ -86,14 +87,20 @@ def conv(ctx):
     return ctx.module(layer, x)
 
 
+_CONV_T_F = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
 @converter("ConvTranspose")
 def conv_transpose(ctx):
-    weight = ctx.require_const(1, "the ConvTranspose weight")
-    bias = ctx.const(2)
-    ctx.require(ctx.input(2) is None or bias is not None, "the ConvTranspose bias must be a constant")
-    n = weight.dim() - 2
-    ctx.require(n in _CONV_T, f"{n}-d transposed convolution is not supported")
-    kernel = list(weight.shape[2:])
+    """nn.ConvTranspose*d for constant weights; the functional form for weights (or a bias)
+    computed at run time (linear in the data when the weights are fixed, a product when
+    both vary, which the report names)."""
+    weight, bias = ctx.const(1), ctx.const(2)
+    shape = list(weight.shape) if weight is not None else list(ctx.info(1).shape or ())
+    n = len(shape) - 2
+    ctx.require(n in _CONV_T and all(isinstance(d, int) for d in shape[1:]),
+                f"{n}-d transposed convolution (or one with an unknown kernel) is not supported")
+    kernel = shape[2:]
     strides, dilations = _window(ctx, kernel)
     groups = ctx.attr("group", 1)
     output_padding = ctx.attr("output_padding", [0] * n)
@@ -111,13 +118,18 @@ def conv_transpose(ctx):
         pads = ctx.attr("pads", [0] * (2 * n))
         begins, ends = pads[:n], pads[n:]
     symmetric = begins == ends
-    layer = _CONV_T[n](weight.shape[0], weight.shape[1] * groups, kernel_size=tuple(kernel), stride=strides,
-                       padding=begins if symmetric else 0, output_padding=output_padding, groups=groups,
-                       bias=bias is not None, dilation=dilations, dtype=weight.dtype)
-    layer.weight.data.copy_(weight)
-    if bias is not None:
-        layer.bias.data.copy_(bias)
-    y = ctx.module(layer, ctx.input(0))
+    padding = begins if symmetric else [0] * n
+    if weight is None or (ctx.input(2) is not None and bias is None):
+        y = ctx.call(_CONV_T_F[n], ctx.input(0), ctx.input(1), ctx.input(2), strides, padding, output_padding,
+                     groups, dilations)
+    else:
+        layer = _CONV_T[n](shape[0], shape[1] * groups, kernel_size=tuple(kernel), stride=strides, padding=padding,
+                           output_padding=output_padding, groups=groups, bias=bias is not None, dilation=dilations,
+                           dtype=weight.dtype)
+        layer.weight.data.copy_(weight)
+        if bias is not None:
+            layer.bias.data.copy_(bias)
+        y = ctx.module(layer, ctx.input(0))
     if symmetric:
         return y
     # Asymmetric pads remove that many outputs from each end of each spatial dim.
@@ -229,3 +241,24 @@ def group_norm(ctx):
 @converter(f"{DOMAIN}.Standardize")
 def standardize(ctx):
     return ctx.module(modules.Standardize(ctx.attr("epsilon", 1e-5)), ctx.input(0))
+
+
+_GRID_MODES = {"linear": "bilinear", "bilinear": "bilinear", "nearest": "nearest", "cubic": "bicubic",
+               "bicubic": "bicubic"}
+
+
+@converter("GridSample")
+def grid_sample(ctx):
+    """torch's grid_sample: linear in the data for a fixed grid (the report treats it so),
+    nonlinear in a grid that depends on the input (reported approximate)."""
+    mode = _GRID_MODES.get(ctx.attr("mode", "linear" if ctx.opset >= 20 else "bilinear"))
+    rank = ctx.rank(0)
+    ctx.require(mode is not None and (rank == 4 or (rank == 5 and mode != "bicubic")),
+                f"GridSample in mode '{ctx.attr('mode')}' on a rank-{rank} input is not supported")
+    return ctx.call(F.grid_sample, ctx.input(0), ctx.input(1), mode=mode,
+                    padding_mode=ctx.attr("padding_mode", "zeros"), align_corners=bool(ctx.attr("align_corners", 0)))
+
+
+@converter("Det")
+def det(ctx):
+    return ctx.call(torch.linalg.det, ctx.input(0))

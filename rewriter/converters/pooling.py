@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,16 +52,45 @@ def max_pool(ctx):
     return ctx.module(pool, x)
 
 
+def _window_sum(ctx, x, kernel, strides, dilations, padding, extra):
+    """Each window's sum (see ``functional.onnx_window_sum``), for dilated or Lp pooling."""
+    ctx.require(not ctx.attr("ceil_mode", 0), f"{ctx.op_type} with dilations and ceil_mode is not supported")
+    pads = extra if extra is not None else [p for p in reversed(padding) for _ in range(2)]
+    return ctx.call(functional.onnx_window_sum, x, kernel, strides, pads, dilations), pads
+
+
 @converter("AveragePool")
 def average_pool(ctx):
     kernel, strides, dilations, padding, extra = _pool_window(ctx)
     n = len(kernel)
-    ctx.require(n in _AVG_POOL and all(d == 1 for d in dilations), "dilated or >3-d average pooling is not supported")
+    ctx.require(n in _AVG_POOL, f"{n}-d average pooling is not supported")
     include_pad = bool(ctx.attr("count_include_pad", 0))
     ceil_mode = bool(ctx.attr("ceil_mode", 0))
+    if any(d != 1 for d in dilations):
+        total, pads = _window_sum(ctx, ctx.input(0), kernel, strides, dilations, padding, extra)
+        if include_pad:
+            return ctx.call(operator.truediv, total, float(math.prod(kernel)))
+        count = ctx.call(functional.onnx_window_sum, ctx.call(torch.ones_like, ctx.input(0)), kernel, strides, pads,
+                         dilations)
+        return ctx.call(operator.truediv, total, count)
     if extra is None:
         return ctx.call(_AVG_POOL[n], ctx.input(0), kernel, strides, padding, ceil_mode, include_pad)
     return ctx.call(functional.onnx_avg_pool_padded, ctx.input(0), kernel, strides, extra, ceil_mode, include_pad)
+
+
+@converter("LpPool")
+def lp_pool(ctx):
+    """``(sum over the window of |x|^p)^(1/p)``: elementwise powers around a linear window
+    sum, each exact."""
+    kernel, strides, dilations, padding, extra = _pool_window(ctx)
+    ctx.require(len(kernel) in _AVG_POOL, f"{len(kernel)}-d Lp pooling is not supported")
+    p = float(ctx.attr("p", 2))
+    x = ctx.input(0)
+    if p % 2:
+        x = ctx.module(modules.Abs(), x, suffix="_abs")
+    powered = ctx.module(modules.Pow(p), x, suffix="_pow")
+    total, _ = _window_sum(ctx, powered, kernel, strides, dilations, padding, extra)
+    return ctx.module(modules.Pow(1.0 / p), total, suffix="_root")
 
 
 def _spatial_dims(ctx) -> tuple[int, ...]:
