@@ -20,6 +20,7 @@ from .base import PassOptions, PassResult
 from .functions import attach_functions
 
 _STANDARD = ("", "ai.onnx")
+_EXPANDED = "shaprewrite.expanded"  # the domain of the bodies while they are inlined
 _CALL_SUFFIX = re.compile(r"__\d+$")  # the inliner's mark of which call a value belongs to
 
 
@@ -36,7 +37,9 @@ def expand_function_ops(graph: gs.Graph, options: PassOptions) -> PassResult:
     attach_functions(model)
     calls = [n.name for n in model.graph.node if (n.domain or "") in _STANDARD and n.op_type in wanted]
     _spell_out_defaults(model, wanted)
-    expanded = onnx.inliner.inline_selected_functions(model, [("", op) for op in wanted], inline_schema_functions=True)
+    if not _call_bodies(model, wanted):
+        return result
+    expanded = onnx.inliner.inline_local_functions(model, convert_version=True)
     result.added = _name_expanded_nodes(expanded.graph, calls, {n.name for n in model.graph.node})
     remaining = {n.name for n in expanded.graph.node}
     result.removed = [name for name in calls if name not in remaining]
@@ -44,6 +47,61 @@ def expand_function_ops(graph: gs.Graph, options: PassOptions) -> PassResult:
         replacement = gs.import_onnx(expanded)
         graph.nodes, graph.inputs, graph.outputs = replacement.nodes, replacement.inputs, replacement.outputs
     return result
+
+
+def _types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    graph = model.graph
+    found = {vi.name: vi.type for vi in [*graph.input, *graph.value_info, *graph.output]}
+    for init in graph.initializer:
+        found.setdefault(init.name, onnx.helper.make_tensor_type_proto(init.data_type, list(init.dims)))
+    return found
+
+
+def _call_bodies(model: onnx.ModelProto, ops: list[str]) -> int:
+    """Turn each node of ``ops`` that ONNX defines a body for into a call of a model-local
+    function holding that body (built for the node's attributes and input types where the
+    body depends on them); how many. (ONNX's own inlining of schema bodies cannot type an
+    optional input left out in the middle, as Attention's attn_mask often is.)"""
+    opset = next((o.version for o in model.opset_import if o.domain in _STANDARD), 1)
+    types = _types(model)
+    count = 0
+    for node in model.graph.node:
+        if (node.domain or "") not in _STANDARD or node.op_type not in ops:
+            continue
+        body = _body(node, opset, types)
+        if body is None:
+            continue
+        body.domain, body.name = _EXPANDED, f"{node.op_type}_{count}"
+        model.functions.append(body)
+        node.domain, node.op_type = _EXPANDED, body.name
+        count += 1
+    if count:
+        model.opset_import.append(onnx.helper.make_opsetid(_EXPANDED, 1))
+    return count
+
+
+def _body(node: onnx.NodeProto, opset: int, types: dict[str, onnx.TypeProto]) -> onnx.FunctionProto | None:
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset)
+    except onnx.defs.SchemaError:
+        return None
+    body = onnx.FunctionProto()
+    if schema.has_context_dependent_function:
+        given = [(types.get(name) or onnx.TypeProto()).SerializeToString() if name else
+                 onnx.TypeProto().SerializeToString() for name in node.input]
+        try:
+            body.ParseFromString(schema.get_context_dependent_function_with_opset_version(
+                opset, node.SerializeToString(), given))
+        except Exception:  # the builder rejects inputs it cannot type: keep the op
+            return None
+    elif schema.has_function:
+        versions = [v for v in schema.function_opset_versions if v <= opset]
+        if not versions:
+            return None
+        body.ParseFromString(schema.get_function_with_opset_version(max(versions)))
+    else:
+        return None
+    return body if body.node else None
 
 
 def _spell_out_defaults(model: onnx.ModelProto, ops: list[str]) -> None:

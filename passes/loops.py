@@ -1,4 +1,4 @@
-"""Loops with a known trip count, unrolled: the body repeated once per iteration.
+"""Loops with a known trip count and Scans, unrolled: the body repeated once per iteration.
 
 tf2onnx writes some Keras recurrent layers as a ``Loop`` over the time steps. When the trip
 count is a constant and the condition stays true, the loop is its body repeated, the
@@ -39,8 +39,7 @@ def _unroll_loop(graph: gs.Graph, node: gs.Node) -> list[str]:
         raise ConversionError("this Loop's trip count or condition depends on the input", node=node.name,
                               op_type="Loop", fix="only Loops with a constant trip count that always continue can be "
                               "unrolled; export the recurrence with a fixed sequence length")
-    if any(isinstance(a, gs.Graph) for n in body.nodes for a in n.attrs.values()):
-        raise ConversionError("a Loop body with nested subgraphs cannot be unrolled", node=node.name, op_type="Loop")
+    _check_flat(node, body)
     b = Builder(graph, node.name, float_dtype(node.outputs[0]) if node.outputs else np.float32)
     carried = list(node.inputs[2:])
     count = len(carried)
@@ -49,37 +48,95 @@ def _unroll_loop(graph: gs.Graph, node: gs.Node) -> list[str]:
         mapping: dict[str, gs.Tensor] = {body.inputs[0].name: b.ints(t, f"t{t}_iteration")}
         mapping[body.inputs[1].name] = gs.Constant(f"{node.name}_t{t}_cond", np.array(True))
         mapping.update({v.name: value for v, value in zip(body.inputs[2:], carried)})
-        for inner in body.nodes:
-            inputs = [mapping.get(i.name, i) if i.name else i for i in inner.inputs]
-            outputs = [gs.Variable(f"{node.name}_t{t}_{o.name}", dtype=o.dtype) for o in inner.outputs]
-            name = b._name(f"{node.name}_t{t}_{inner.name or inner.op}")
-            graph.nodes.append(gs.Node(inner.op, name, dict(inner.attrs), inputs, outputs, domain=inner.domain))
-            b.added.append(name)
-            mapping.update({o.name: new for o, new in zip(inner.outputs, outputs)})
+        _copy_body(graph, b, body, mapping, t)
         carried = [mapping.get(o.name, o) for o in body.outputs[1:1 + count]]
         for k, o in enumerate(body.outputs[1 + count:]):
             scans[k].append(mapping.get(o.name, o))
-    finals = list(node.outputs)
-    node.outputs.clear()
-    for value, wanted in zip(carried, finals[:count]):
-        b.node("Identity", [value], "final", output=wanted)
-    for values, wanted in zip(scans, finals[count:]):
-        b.node("Concat", [_unsqueezed(b, v, graph.opset or 13) for v in values], "scan", {"axis": 0}, output=wanted)
+    _write_results(graph, b, node, carried, scans, [0] * len(scans))
     return b.added
 
 
-def _unsqueezed(b: Builder, value: gs.Tensor, opset: int) -> gs.Variable:
+def _check_flat(node: gs.Node, body: gs.Graph) -> None:
+    if any(isinstance(a, gs.Graph) for n in body.nodes for a in n.attrs.values()):
+        raise ConversionError(f"a {node.op} body with nested subgraphs cannot be unrolled", node=node.name,
+                              op_type=node.op)
+
+
+def _copy_body(graph: gs.Graph, b: Builder, body: gs.Graph, mapping: dict[str, gs.Tensor], t: int) -> None:
+    """Append a copy of ``body``'s nodes for iteration ``t``, reading ``mapping`` for its
+    inputs (outer values pass through); the copies' outputs are added to ``mapping``."""
+    for inner in body.nodes:
+        inputs = [mapping.get(i.name, i) if i.name else i for i in inner.inputs]
+        outputs = [gs.Variable(f"{b.base}_t{t}_{o.name}", dtype=o.dtype) for o in inner.outputs]
+        name = b._name(f"{b.base}_t{t}_{inner.name or inner.op}")
+        graph.nodes.append(gs.Node(inner.op, name, dict(inner.attrs), inputs, outputs, domain=inner.domain))
+        b.added.append(name)
+        mapping.update({o.name: new for o, new in zip(inner.outputs, outputs)})
+
+
+def _write_results(graph: gs.Graph, b: Builder, node: gs.Node, finals: list[gs.Tensor],
+                   scans: list[list[gs.Tensor]], axes: list[int]) -> None:
+    """The node's outputs: the carried values' last state, then each scan output's steps
+    stacked along its axis."""
+    outputs = list(node.outputs)
+    node.outputs.clear()
+    for value, wanted in zip(finals, outputs):
+        b.node("Identity", [value], "final", output=wanted)
+    for values, wanted, axis in zip(scans, outputs[len(finals):], axes):
+        b.node("Concat", [_unsqueezed(b, v, axis, graph.opset or 13) for v in values], "scan", {"axis": axis},
+               output=wanted)
+
+
+def _unroll_scan(graph: gs.Graph, node: gs.Node) -> list[str]:
+    """A Scan (opset 9 on) over inputs of static length, as its body once per element; each
+    scan input read at the step's index along its axis (from the end when reversed), each
+    scan output stacked along its axis (in reverse when so directed)."""
+    body: gs.Graph = node.attrs["body"]
+    _check_flat(node, body)
+    scanned = int(node.attrs["num_scan_inputs"])
+    state = list(node.inputs[:len(node.inputs) - scanned])
+    inputs = list(node.inputs[len(state):])
+    in_axes = list(node.attrs.get("scan_input_axes", [0] * scanned))
+    in_reverse = list(node.attrs.get("scan_input_directions", [0] * scanned))
+    outs = len(body.outputs) - len(state)
+    out_axes = list(node.attrs.get("scan_output_axes", [0] * outs))
+    out_reverse = list(node.attrs.get("scan_output_directions", [0] * outs))
+    lengths = {t.shape[a if a >= 0 else a + len(t.shape)] if t.shape else None for t, a in zip(inputs, in_axes)}
+    if len(lengths) != 1 or not isinstance(next(iter(lengths)), int):
+        raise ConversionError("this Scan's length is not fixed, so it cannot be unrolled", node=node.name,
+                              op_type="Scan", fix="give example inputs (or --dim sizes) that fix the scanned length")
+    length = next(iter(lengths))
+    b = Builder(graph, node.name, float_dtype(node.outputs[0]) if node.outputs else np.float32)
+    scans: list[list[gs.Tensor]] = [[] for _ in range(outs)]
+    for t in range(length):
+        mapping = {v.name: value for v, value in zip(body.inputs, state)}
+        for v, tensor, axis, reverse in zip(body.inputs[len(state):], inputs, in_axes, in_reverse):
+            index = b.ints(length - 1 - t if reverse else t, f"t{t}_index")
+            mapping[v.name] = b.node("Gather", [tensor, index], f"t{t}_element", {"axis": axis})
+        _copy_body(graph, b, body, mapping, t)
+        state = [mapping.get(o.name, o) for o in body.outputs[:len(state)]]
+        for k, o in enumerate(body.outputs[len(state):]):
+            scans[k].append(mapping.get(o.name, o))
+    scans = [values[::-1] if reverse else values for values, reverse in zip(scans, out_reverse)]
+    rank = [len(o.shape) - 1 if o.shape else 0 for o in body.outputs[len(state):]]
+    _write_results(graph, b, node, state, scans, [a + r + 1 if a < 0 else a for a, r in zip(out_axes, rank)])
+    return b.added
+
+
+def _unsqueezed(b: Builder, value: gs.Tensor, axis: int, opset: int) -> gs.Variable:
     if opset < 13:
-        return b.node("Unsqueeze", [value], "scan_step", {"axes": [0]})
-    return b.node("Unsqueeze", [value, b.ints([0], "scan_axis")], "scan_step")
+        return b.node("Unsqueeze", [value], "scan_step", {"axes": [axis]})
+    return b.node("Unsqueeze", [value, b.ints([axis], "scan_axis")], "scan_step")
 
 
 def unroll_loops(graph: gs.Graph, options: PassOptions) -> PassResult:
-    """Loops with a constant trip count that always continue -> their body, once per iteration."""
+    """Loops with a constant trip count that always continue, and Scans over a static
+    length -> their body, once per iteration."""
     result = PassResult("unroll_loops")
+    unroll = {"Loop": _unroll_loop, "Scan": _unroll_scan}
     for node in list(graph.nodes):
-        if node.op == "Loop" and not node.domain:
-            result.added.extend(_unroll_loop(graph, node))
+        if node.op in unroll and not node.domain and (node.op != "Scan" or (graph.opset or 9) >= 9):
+            result.added.extend(unroll[node.op](graph, node))
             result.removed.append(node.name)
     if result.removed:
         graph.cleanup().toposort()

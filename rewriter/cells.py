@@ -109,25 +109,7 @@ class LSTMStep(_Step):
         self.register_buffer("peephole", peephole)
 
     def _forward_parts(self, packed: torch.Tensor) -> dict[str, torch.Tensor]:
-        n = self.hidden
-        x, h_prev, c_prev = packed[:, :4 * n], packed[:, 4 * n:5 * n], packed[:, 5 * n:]
-        pre = torch.addmm(x, h_prev, self.recurrent.t())
-        pre_i, pre_o, pre_f, pre_g = pre[:, :n], pre[:, n:2 * n], pre[:, 2 * n:3 * n], pre[:, 3 * n:]
-        if self.peephole is None:
-            gates = self.act(0, pre[:, :3 * n])  # i, o and f share one activation call
-            i, o, f = gates[:, :n], gates[:, n:2 * n], gates[:, 2 * n:]
-        else:
-            p_i, p_o, p_f = self.peephole[:n], self.peephole[n:2 * n], self.peephole[2 * n:]
-            pre_i, pre_f = pre_i + p_i * c_prev, pre_f + p_f * c_prev
-            i, f = self.act(0, pre_i), self.act(0, pre_f)
-        g = self.act(1, pre_g)
-        c = torch.addcmul(f * c_prev, i, g)
-        if self.peephole is not None:
-            pre_o = pre_o + p_o * c
-            o = self.act(0, pre_o)
-        squashed = self.act(2, c)
-        return dict(pre_i=pre_i, pre_o=pre_o, pre_f=pre_f, pre_g=pre_g, c_prev=c_prev, i=i, f=f, g=g, c=c, o=o,
-                    squashed=squashed, h=o * squashed)
+        return lstm_parts(packed, self.recurrent, self.hidden, self.activations, self.clip, self.peephole)
 
     def forward(self, packed: torch.Tensor) -> torch.Tensor:
         parts = self._forward_parts(packed)
@@ -174,23 +156,8 @@ class GRUStep(_Step):
         self.register_buffer("bias_h", bias_h)
 
     def _forward_parts(self, packed: torch.Tensor) -> dict[str, torch.Tensor]:
-        n = self.hidden
-        x, h_prev = packed[:, :3 * n], packed[:, 3 * n:]
-        rows = 3 * n if self.linear_before_reset else 2 * n
-        rec = h_prev @ self.recurrent[:rows].t()
-        pre_zr = x[:, :2 * n] + rec[:, :2 * n]
-        zr = self.act(0, pre_zr)
-        z, r = zr[:, :n], zr[:, n:]
-        if self.linear_before_reset:
-            inner = rec[:, 2 * n:] + self.bias_h
-            pre_c = x[:, 2 * n:] + r * inner
-        else:
-            inner = h_prev
-            pre_c = x[:, 2 * n:] + (r * h_prev) @ self.recurrent[2 * n:].t() + self.bias_h
-        candidate = self.act(1, pre_c)
-        change = h_prev - candidate
-        return dict(pre_zr=pre_zr, z=z, r=r, inner=inner, pre_c=pre_c, candidate=candidate, change=change,
-                    h=candidate + z * change)
+        return gru_parts(packed, self.recurrent, self.bias_h, self.hidden, self.linear_before_reset,
+                         self.activations, self.clip)
 
     def forward(self, packed: torch.Tensor) -> torch.Tensor:
         return self._forward_parts(packed)["h"]
@@ -215,3 +182,68 @@ class GRUStep(_Step):
         m_rec = torch.cat([m_pre_zr, m_rec_h], 1) if self.linear_before_reset else m_pre_zr
         rows = m_rec.shape[1]
         return torch.cat([m_pre_zr, m_pre_c, m_h_prev + m_rec @ self.recurrent[:rows]], 1)
+
+
+def lstm_parts(packed: torch.Tensor, recurrent: torch.Tensor, hidden: int, activations: Sequence[Activation],
+               clip: float | None, peephole: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Every value of an LSTM step (see :class:`LSTMStep`), by name."""
+    n = hidden
+
+    def act(k: int, x: torch.Tensor) -> torch.Tensor:
+        return _apply(activations[k], clip, x)
+
+    x, h_prev, c_prev = packed[:, :4 * n], packed[:, 4 * n:5 * n], packed[:, 5 * n:]
+    pre = torch.addmm(x, h_prev, recurrent.t())
+    pre_i, pre_o, pre_f, pre_g = pre[:, :n], pre[:, n:2 * n], pre[:, 2 * n:3 * n], pre[:, 3 * n:]
+    if peephole is None:
+        gates = act(0, pre[:, :3 * n])  # i, o and f share one activation call
+        i, o, f = gates[:, :n], gates[:, n:2 * n], gates[:, 2 * n:]
+    else:
+        p_i, p_o, p_f = peephole[:n], peephole[n:2 * n], peephole[2 * n:]
+        pre_i, pre_f = pre_i + p_i * c_prev, pre_f + p_f * c_prev
+        i, f = act(0, pre_i), act(0, pre_f)
+    g = act(1, pre_g)
+    c = torch.addcmul(f * c_prev, i, g)
+    if peephole is not None:
+        pre_o = pre_o + p_o * c
+        o = act(0, pre_o)
+    squashed = act(2, c)
+    return dict(pre_i=pre_i, pre_o=pre_o, pre_f=pre_f, pre_g=pre_g, c_prev=c_prev, i=i, f=f, g=g, c=c, o=o,
+                squashed=squashed, h=o * squashed)
+
+
+def gru_parts(packed: torch.Tensor, recurrent: torch.Tensor, bias_h: torch.Tensor, hidden: int,
+              linear_before_reset: bool, activations: Sequence[Activation],
+              clip: float | None) -> dict[str, torch.Tensor]:
+    """Every value of a GRU step (see :class:`GRUStep`), by name."""
+    n = hidden
+    x, h_prev = packed[:, :3 * n], packed[:, 3 * n:]
+    rows = 3 * n if linear_before_reset else 2 * n
+    rec = h_prev @ recurrent[:rows].t()
+    pre_zr = x[:, :2 * n] + rec[:, :2 * n]
+    zr = _apply(activations[0], clip, pre_zr)
+    z, r = zr[:, :n], zr[:, n:]
+    if linear_before_reset:
+        inner = rec[:, 2 * n:] + bias_h
+        pre_c = x[:, 2 * n:] + r * inner
+    else:
+        inner = h_prev
+        pre_c = x[:, 2 * n:] + (r * h_prev) @ recurrent[2 * n:].t() + bias_h
+    candidate = _apply(activations[1], clip, pre_c)
+    change = h_prev - candidate
+    return dict(pre_zr=pre_zr, z=z, r=r, inner=inner, pre_c=pre_c, candidate=candidate, change=change,
+                h=candidate + z * change)
+
+
+def lstm_step(packed: torch.Tensor, recurrent: torch.Tensor, hidden: int, activations: Sequence[Activation],
+              clip: float | None, peephole: torch.Tensor | None) -> torch.Tensor:
+    """An LSTM step as a function, for weights computed at run time (no exact rule: the
+    products with the weights are products of two input-dependent tensors)."""
+    parts = lstm_parts(packed, recurrent, hidden, activations, clip, peephole)
+    return torch.cat([parts["h"], parts["c"]], 1)
+
+
+def gru_step(packed: torch.Tensor, recurrent: torch.Tensor, bias_h: torch.Tensor, hidden: int,
+             linear_before_reset: bool, activations: Sequence[Activation], clip: float | None) -> torch.Tensor:
+    """A GRU step as a function, for weights computed at run time (see :func:`lstm_step`)."""
+    return gru_parts(packed, recurrent, bias_h, hidden, linear_before_reset, activations, clip)["h"]

@@ -227,12 +227,14 @@ def onnx_pad(x: torch.Tensor, pads: IntsLike, mode: str = "constant", value: flo
 
 
 def _source_coordinates(out_len: int, in_len: int, scale: float, mode: str, device) -> torch.Tensor:
-    """Where each output position samples the input, per ONNX Resize's coordinate modes."""
+    """Where each output position samples the input, per ONNX Resize's coordinate modes;
+    the resized length in them is ``in_len * scale``, not rounded (as the spec has it)."""
     i = torch.arange(out_len, dtype=torch.float64, device=device)
     if mode == "asymmetric":
         return i / scale
     if mode == "align_corners":
-        return i * ((in_len - 1) / (out_len - 1)) if out_len > 1 else torch.zeros_like(i)
+        resized = in_len * scale
+        return i * ((in_len - 1) / (resized - 1)) if resized > 1 else torch.zeros_like(i)
     if mode == "pytorch_half_pixel" and out_len == 1:
         return torch.zeros_like(i)
     if mode in ("half_pixel", "pytorch_half_pixel"):
@@ -255,13 +257,45 @@ def _round_nearest(coords: torch.Tensor, nearest_mode: str) -> torch.Tensor:
     return torch.ceil(coords - 0.5)  # round_prefer_floor, ONNX's default
 
 
+def _cubic_weights(t: torch.Tensor, a: float) -> list[torch.Tensor]:
+    """Keys' cubic kernel with coefficient ``a`` at the four neighbours ``-1, 0, 1, 2`` of a
+    point ``t`` past the lower one."""
+    def kernel(d: torch.Tensor) -> torch.Tensor:
+        d = d.abs()
+        near = ((a + 2) * d - (a + 3)) * d * d + 1
+        far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+        return torch.where(d <= 1, near, torch.where(d < 2, far, torch.zeros_like(d)))
+    return [kernel(t + 1), kernel(t), kernel(1 - t), kernel(2 - t)]
+
+
+def _taps(coords: torch.Tensor, in_len: int, mode: str, nearest_mode: str, cubic_a: float,
+          exclude_outside: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """For every output position, the input indices it blends and their weights."""
+    if mode == "nearest":
+        index = _round_nearest(coords, nearest_mode).clamp(0, in_len - 1).long()
+        return [(index, torch.ones_like(coords))]
+    if mode == "linear":
+        coords = coords.clamp(0, in_len - 1)
+        low = coords.floor()
+        return [(low.long(), 1 - (coords - low)), ((low + 1).clamp(max=in_len - 1).long(), coords - low)]
+    low = coords.floor()
+    positions = [low + k for k in (-1, 0, 1, 2)]
+    weights = _cubic_weights(coords - low, cubic_a)
+    if exclude_outside:
+        weights = [torch.where((p >= 0) & (p <= in_len - 1), w, torch.zeros_like(w)) for p, w in zip(positions, weights)]
+        total = sum(weights)
+        weights = [w / total for w in weights]
+    return [(p.clamp(0, in_len - 1).long(), w) for p, w in zip(positions, weights)]
+
+
 def onnx_resize(x: torch.Tensor, scales: Sequence[float] | None, sizes: IntsLike | None,
                 mode: str = "nearest", coordinate_mode: str = "half_pixel",
-                nearest_mode: str = "round_prefer_floor", axes: IntsLike | None = None) -> torch.Tensor:
-    """ONNX Resize in nearest or (multi)linear mode, one axis at a time.
+                nearest_mode: str = "round_prefer_floor", axes: IntsLike | None = None,
+                cubic_a: float = -0.75, exclude_outside: bool = False) -> torch.Tensor:
+    """ONNX Resize in nearest, (multi)linear or cubic mode, one axis at a time.
 
-    Both modes are gathers and fixed-weight blends of input elements, so the result is
-    linear in ``x``: exact under DeepLIFT.
+    Each mode is a gather and a fixed-weight blend of input elements (edge elements
+    repeated past the border), so the result is linear in ``x``: exact under DeepLIFT.
     """
     axes = [a + x.dim() if a < 0 else a for a in (ints(axes) if axes is not None else range(x.dim()))]
     if sizes is not None:
@@ -275,17 +309,13 @@ def onnx_resize(x: torch.Tensor, scales: Sequence[float] | None, sizes: IntsLike
         if out_len == in_len and scale == 1.0:
             continue
         coords = _source_coordinates(out_len, in_len, scale, coordinate_mode, x.device)
-        if mode == "nearest":
-            idx = _round_nearest(coords, nearest_mode).clamp(0, in_len - 1).long()
-            x = x.index_select(axis, idx)
-            continue
-        coords = coords.clamp(0, in_len - 1)
-        low = coords.floor().long()
-        high = (low + 1).clamp(max=in_len - 1)
         shape = [1] * x.dim()
         shape[axis] = out_len
-        weight = (coords - low).to(x.dtype).reshape(shape)
-        x = x.index_select(axis, low) * (1 - weight) + x.index_select(axis, high) * weight
+        blended = None
+        for index, weight in _taps(coords, in_len, mode, nearest_mode, cubic_a, exclude_outside):
+            term = x.index_select(axis, index) * weight.to(x.dtype).reshape(shape)
+            blended = term if blended is None else blended + term
+        x = blended
     return x
 
 

@@ -197,8 +197,10 @@ def compare(result: list[torch.Tensor], reference: list[torch.Tensor], names: Se
                           "shape": [list(got.shape), list(want.shape)]})
             continue
         g, w = got.detach().double().cpu(), want.detach().double().cpu()
-        both_nan = torch.isnan(g) & torch.isnan(w)
-        diff = torch.where(both_nan, torch.zeros_like(g), (g - w).abs())
+        # NaN matches NaN and an infinity the same infinity (edge cases a graph computes on
+        # purpose); anything else against them is an infinite difference.
+        same = (g == w) | (torch.isnan(g) & torch.isnan(w))
+        diff = torch.where(same, torch.zeros_like(g), (g - w).abs())
         diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
         max_abs = float(diff.max()) if diff.numel() else 0.0
         scale = float(w.abs().nan_to_num(0.0, 0.0, 0.0).max()) if w.numel() else 0.0
@@ -215,9 +217,9 @@ def _run_reference(label: str, reference: Runner, inputs: tuple, batch: int, out
     except Exception as exc:  # the source rejects the check inputs
         raise InputError(f"the source model ({label}) failed on check inputs of batch {batch}: {describe(exc)}",
                          fix="give example inputs of the shapes and types the model expects") from exc
-    bad = [n for n, w in zip(output_names, want) if w.is_floating_point() and not torch.isfinite(w).all()]
+    bad = [n for n, w in zip(output_names, want) if w.is_floating_point() and w.numel() and not torch.isfinite(w).any()]
     if bad:
-        raise VerificationError(f"the source model outputs NaN or Inf in {', '.join(bad)} on the check "
+        raise VerificationError(f"the source model outputs only NaN or Inf in {', '.join(bad)} on the check "
                                 "inputs, so the rewrite cannot be verified",
                                 fix="give example inputs on which the model produces finite outputs")
     return want
@@ -270,7 +272,7 @@ def verify(result_model: torch.nn.Module, references: Sequence[Reference], input
     Tolerances follow each reference's precision, so a float16 source is held to float16
     precision and a float32 reference to float32's. Returns the per-output figures; raises
     :class:`VerificationError` when any output differs beyond tolerance, or a source itself
-    produces NaN or Inf.
+    produces nothing but NaN or Inf in an output.
     """
     run = torch_runner(result_model)
     diffs: list[dict] = []

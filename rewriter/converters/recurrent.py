@@ -14,6 +14,8 @@ the biases that sit outside a product folded in; each step adds the recurrent pr
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,13 +62,12 @@ def recurrent(ctx):
     length = shape[1 if layout else 0] if shape else None
     ctx.require(isinstance(length, int), f"the {ctx.op_type}'s sequence length is not fixed, so it cannot be unrolled",
                 "give example inputs (or --dim sizes) that fix the sequence length")
-    w, r = (ctx.require_const(i, what) for i, what in ((1, "the input weight W"), (2, "the recurrent weight R")))
-    bias = ctx.const(3) if _given(ctx, 3) is not None else torch.zeros(directions, 2 * gates * hidden, dtype=w.dtype)
-    ctx.require(bias is not None, "the bias B (input 3) must be a constant", "fold the bias into an initializer")
+    # Weights are constants (one exact module per step) or, as some files feed them, graph
+    # inputs; then each step is a plain function, reported approximate.
+    w, r = ctx.input(1), ctx.input(2)
+    bias = ctx.input(3) if _given(ctx, 3) is not None else torch.zeros(directions, 2 * gates * hidden)
     active = _active_rows(ctx, length)
-    peephole = ctx.const(7) if ctx.op_type == "LSTM" and _given(ctx, 7) is not None else None
-    ctx.require(ctx.op_type != "LSTM" or _given(ctx, 7) is None or peephole is not None,
-                "the peepholes P (input 7) must be a constant")
+    peephole = ctx.input(7) if ctx.op_type == "LSTM" and _given(ctx, 7) is not None else None
     x = ctx.input(0)
     if layout:
         x = ctx.method("transpose", x, 0, 1)
@@ -76,16 +77,20 @@ def recurrent(ctx):
     for d in range(directions):
         prefix = f"{('fw', 'bw')[d]}_" if directions == 2 else ""
         reverse = direction == "reverse" or d == 1
-        wb, rb = bias[d, :gates * hidden], bias[d, gates * hidden:]
+        wb, rb = ctx.getitem(bias, (d, slice(0, gates * hidden))), ctx.getitem(bias, (d, slice(gates * hidden, None)))
         # Biases outside any product fold into the input part; GRU's Rb_h sits inside one.
-        folded = wb + torch.cat([rb[:2 * hidden], torch.zeros(hidden, dtype=rb.dtype)]) if ctx.op_type == "GRU" \
-            else wb + rb
+        if ctx.op_type == "GRU":
+            outside = ctx.call(torch.cat, [ctx.getitem(rb, slice(0, 2 * hidden)),
+                                           ctx.call(torch.zeros_like, ctx.getitem(rb, slice(2 * hidden, None)))])
+        else:
+            outside = rb
         # contiguous: on a transposed view the product would run as many small ones.
-        xw = ctx.call(F.linear, ctx.method("contiguous", x), w[d], folded)
+        xw = ctx.call(F.linear, ctx.method("contiguous", x), ctx.getitem(w, d), ctx.call(operator.add, wb, outside))
         # The state one step hands the next: [h] (GRU, RNN) or [h | c] (LSTM), packed as the
         # LSTM step module returns it, so each step joins two tensors, not three.
         state = _initial_state(ctx, d, layout, x, hidden)
-        step = _stepper(ctx, d, hidden, activations[d], clip, r[d], rb, peephole)
+        step = _stepper(ctx, d, hidden, activations[d], clip, ctx.getitem(r, d), rb,
+                        None if peephole is None else ctx.getitem(peephole, d))
         ys = [None] * length
         for t in (reversed(range(length)) if reverse else range(length)):
             new_state = step(ctx.method("select", xw, 0, t), state, f"_{prefix}t{t}")
@@ -130,27 +135,37 @@ def _hidden(ctx, state, hidden: int):
 
 
 def _stepper(ctx, d: int, hidden: int, activations, clip, r, rb, peephole):
-    """A function ``(input part, state, suffix) -> new state`` for one step of this node."""
+    """A function ``(input part, state, suffix) -> new state`` for one step of this node:
+    a step module when the weights are constants, the same step as a function otherwise."""
     op = ctx.op_type
+    fixed = isinstance(r, torch.Tensor) and (peephole is None or isinstance(peephole, torch.Tensor)) \
+        and isinstance(rb, torch.Tensor)
     if op == "RNN":
         name, alpha, _ = activations[0]
         torch_module = _TORCH.get(name) if clip is None and alpha is None else None
 
         def rnn_step(xt, h, suffix):
-            pre = ctx.call(torch.addmm, xt, h, r.t().contiguous())
+            pre = ctx.call(torch.addmm, xt, h, ctx.method("t", r))
             module = torch_module() if torch_module else cells.RecurrentActivation(activations[0], clip)
             return ctx.module(module, pre, suffix=suffix)
         return rnn_step
     if op == "LSTM":
         def lstm_step(xt, state, suffix):
-            module = cells.LSTMStep(hidden, r.clone(), activations, clip, None if peephole is None else peephole[d])
-            return ctx.module(module, ctx.call(torch.cat, [xt, state], 1), suffix=suffix)
+            packed = ctx.call(torch.cat, [xt, state], 1)
+            if not fixed:
+                return ctx.call(cells.lstm_step, packed, r, hidden, activations, clip, peephole)
+            module = cells.LSTMStep(hidden, r.clone(), activations, clip, None if peephole is None else peephole.clone())
+            return ctx.module(module, packed, suffix=suffix)
         return lstm_step
+    before_reset = bool(ctx.attr("linear_before_reset", 0))
+    bias_h = ctx.getitem(rb, slice(2 * hidden, None))
 
     def gru_step(xt, h, suffix):
-        module = cells.GRUStep(hidden, r.clone(), rb[2 * hidden:].clone(), bool(ctx.attr("linear_before_reset", 0)),
-                               activations, clip)
-        return ctx.module(module, ctx.call(torch.cat, [xt, h], 1), suffix=suffix)
+        packed = ctx.call(torch.cat, [xt, h], 1)
+        if not fixed:
+            return ctx.call(cells.gru_step, packed, r, bias_h, hidden, before_reset, activations, clip)
+        module = cells.GRUStep(hidden, r.clone(), bias_h.clone(), before_reset, activations, clip)
+        return ctx.module(module, packed, suffix=suffix)
     return gru_step
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .. import dims, functional
 from ..dims import Dims
@@ -241,27 +240,15 @@ def pad(ctx):
     return ctx.call(functional.onnx_pad, ctx.input(0), pads if pads is not None else ctx.input(1), mode, fill, axes)
 
 
-_CUBIC_MODES = {"half_pixel": False, "pytorch_half_pixel": False, "align_corners": True}
-
-
 def _resize(ctx, scales, sizes, coordinate_mode: str, nearest_mode: str):
     mode = ctx.attr("mode", "nearest")
     ctx.require(not ctx.attr("antialias", 0), "Resize with antialias is not supported")
     ctx.require(ctx.attr("keep_aspect_ratio_policy", "stretch") == "stretch",
                 "Resize with a keep_aspect_ratio_policy other than stretch is not supported")
-    axes = ctx.attr("axes")
-    if mode == "cubic":
-        ctx.require(ctx.attr("cubic_coeff_a", -0.75) == -0.75 and not ctx.attr("exclude_outside", 0)
-                    and coordinate_mode in _CUBIC_MODES and ctx.rank(0) == 4 and axes is None,
-                    "cubic Resize is supported only as torch's bicubic (a=-0.75, 4-d, half_pixel or align_corners)")
-        if sizes is not None:
-            return ctx.call(F.interpolate, ctx.input(0), size=sizes[-2:], mode="bicubic",
-                            align_corners=_CUBIC_MODES[coordinate_mode])
-        return ctx.call(F.interpolate, ctx.input(0), scale_factor=[float(s) for s in scales[-2:]], mode="bicubic",
-                        align_corners=_CUBIC_MODES[coordinate_mode])
-    ctx.require(mode in ("nearest", "linear"), f"Resize mode '{mode}' is not supported")
+    ctx.require(mode in ("nearest", "linear", "cubic"), f"Resize mode '{mode}' is not supported")
     ctx.require(coordinate_mode != "tf_crop_and_resize", "Resize with tf_crop_and_resize is not supported")
-    return ctx.call(functional.onnx_resize, ctx.input(0), scales, sizes, mode, coordinate_mode, nearest_mode, axes)
+    return ctx.call(functional.onnx_resize, ctx.input(0), scales, sizes, mode, coordinate_mode, nearest_mode,
+                    ctx.attr("axes"), ctx.attr("cubic_coeff_a", -0.75), bool(ctx.attr("exclude_outside", 0)))
 
 
 def _given(ctx, i: int):
