@@ -35,9 +35,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
-from architectures import MobileNetV2, ResNet, ViT, randomize_batchnorm  # noqa: E402
-
 import recurrent  # noqa: E402
+from architectures import MobileNetV2, ResNet, ViT, randomize_batchnorm  # noqa: E402
 
 from rewriter import rewrite  # noqa: E402
 

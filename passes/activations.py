@@ -334,11 +334,11 @@ def _decompose(graph: gs.Graph, node: gs.Node) -> list[str] | None:
         affine = b.node("Add", [b.node("Mul", [x, b.const(alpha, "alpha")], "scale"), b.const(beta, "beta")], "shift")
         _clip(b, affine, 0.0, 1.0, replace_output(node))
     elif node.op == "PRelu":
+        # A slope computed at run time (fed as an input) makes the product a Shapley one.
         slope = const_value(node.inputs[1])
-        if slope is None:
-            return None
         negative = b.node("Relu", [b.node("Neg", [x], "neg")], "relu_neg")
-        scaled = b.node("Mul", [negative, b.const(slope, "slope")], "slope_mul")
+        scaled = b.node("Mul", [negative, b.const(slope, "slope") if slope is not None else node.inputs[1]],
+                        "slope_mul")
         b.node("Sub", [b.node("Relu", [x], "relu_pos"), scaled], "sub", output=replace_output(node))
     elif node.op == "Abs":
         negative = b.node("Relu", [b.node("Neg", [x], "neg")], "relu_neg")

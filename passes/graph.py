@@ -122,7 +122,8 @@ class Builder:
              output: gs.Variable | None = None, domain: str | None = None) -> gs.Variable:
         """Add ``op`` named ``<base>_<suffix>`` (``<base>`` for an empty suffix); its output."""
         name = self._name(f"{self.base}_{suffix}" if suffix else self.base)
-        out = output if output is not None else gs.Variable(f"{name}_out", dtype=self.dtype)
+        # No dtype on the new value: inference gives each op its own (Shape's is int64).
+        out = output if output is not None else gs.Variable(f"{name}_out")
         self.graph.nodes.append(gs.Node(op, name, attrs or {}, list(inputs), [out], domain=domain))
         self.added.append(name)
         return out
@@ -135,6 +136,13 @@ class Builder:
             axes_tensor = self.ints(list(axes), f"{suffix}_axes")
             return self.node(op, [x, axes_tensor], suffix, {"keepdims": keepdims})
         return self.node(op, [x], suffix, {"axes": list(axes), "keepdims": keepdims})
+
+    def shape_of(self, x: gs.Tensor, suffix: str) -> gs.Tensor:
+        """A Reshape target giving ``x``'s shape: constant when its dims after the first are
+        static (0 copies the first), so inference keeps knowing the shape; else ``Shape(x)``."""
+        if x.shape and all(isinstance(d, int) for d in x.shape[1:]):
+            return self.ints([0, *x.shape[1:]], suffix)
+        return self.node("Shape", [x], suffix)
 
     def ints(self, values: Sequence[int], suffix: str) -> gs.Constant:
         return gs.Constant(self._name(f"{self.base}_{suffix}"), np.asarray(values, dtype=np.int64))

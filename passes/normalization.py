@@ -28,7 +28,7 @@ def _normalize(b: Builder, x: gs.Tensor, axes: list[int], eps: float) -> gs.Tens
         return b.node("Standardize", [x], "standardize", {"epsilon": eps}, domain=DOMAIN)
     rows = b.node("Reshape", [x, b.ints([0] * axes[0] + [-1], "rows_shape")], "rows")
     standardized = b.node("Standardize", [rows], "standardize", {"epsilon": eps}, domain=DOMAIN)
-    return b.node("Reshape", [standardized, b.node("Shape", [x], "shape")], "unrows")
+    return b.node("Reshape", [standardized, b.shape_of(x, "shape")], "unrows")
 
 
 def _affine(b: Builder, y: gs.Tensor, scale: gs.Tensor | None, bias: gs.Tensor | None, out: gs.Variable) -> None:
@@ -86,7 +86,7 @@ def _decompose_norm(graph: gs.Graph, node: gs.Node) -> list[str] | None:
         repeats = size // groups if scale_shape[0] != size else 1  # opset 18: one scale per group
         grouped = b.node("Reshape", [x, b.ints([0, groups, -1], "group_shape")], "group")
         standardized = b.node("Standardize", [grouped], "standardize", {"epsilon": eps}, domain=DOMAIN)
-        restored = b.node("Reshape", [standardized, b.node("Shape", [x], "shape")], "ungroup")
+        restored = b.node("Reshape", [standardized, b.shape_of(x, "shape")], "ungroup")
         _affine(b, restored, _parameter(b, node, 1, channels, "weight", repeats),
                 _parameter(b, node, 2, channels, "bias", repeats), replace_output(node))
     return b.added
@@ -133,12 +133,12 @@ def _decompose_lrn(graph: gs.Graph, node: gs.Node) -> list[str] | None:
     size = int(node.attrs["size"])
     alpha, beta, bias = (float(node.attrs.get(k, d)) for k, d in (("alpha", 1e-4), ("beta", 0.75), ("bias", 1.0)))
     b = Builder(graph, node.name, float_dtype(x))
-    squared = b.node("Mul", [x, x], "square")
+    squared = b.node("Pow", [x, b.const(2.0, "two")], "square")
     planes = b.node("Reshape", [squared, b.ints([0, 1, x.shape[1], -1], "planes_shape")], "planes")
     before, after = (size - 1) // 2, size // 2
     window = b.node("AveragePool", [planes], "window", {"kernel_shape": [size, 1], "pads": [before, 0, after, 0],
                                                         "count_include_pad": 1})
-    total = b.node("Reshape", [window, b.node("Shape", [x], "shape")], "window_sum")
+    total = b.node("Reshape", [window, b.shape_of(x, "shape")], "window_sum")
     scaled = b.node("Add", [b.node("Mul", [total, b.const(alpha, "alpha")], "scale"), b.const(bias, "bias")], "base")
     b.node("Div", [x, b.node("Pow", [scaled, b.const(beta, "beta")], "power")], "normalize",
            output=replace_output(node))

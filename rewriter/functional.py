@@ -329,10 +329,11 @@ def onnx_depth_to_space(x: torch.Tensor, blocksize: int, mode: str = "DCR") -> t
     return y.reshape(n, c // (b * b), h * b, w * b)
 
 
-def onnx_space_to_depth(x: torch.Tensor, blocksize: int) -> torch.Tensor:
+def onnx_space_to_depth(x: torch.Tensor, blocksize: int, mode: str = "DCR") -> torch.Tensor:
     n, c, h, w = x.shape
     b = blocksize
-    y = x.reshape(n, c, h // b, b, w // b, b).permute(0, 3, 5, 1, 2, 4)
+    y = x.reshape(n, c, h // b, b, w // b, b)
+    y = y.permute(0, 3, 5, 1, 2, 4) if mode == "DCR" else y.permute(0, 1, 3, 5, 2, 4)
     return y.reshape(n, c * b * b, h // b, w // b)
 
 

@@ -63,6 +63,9 @@ _VALUE_FREE_FUNCTIONS = {functional.onnx_shape, functional.onnx_size, functional
                          functional.onnx_trunc_div, functional.onnx_sequence_length, torch.ones_like,
                          functional.zero_state}
 _VALUE_FREE_METHODS = {"size"}
+# Functions whose result is a truth value, whatever their input: no gradient flows through.
+_PREDICATES = {torch.isnan, torch.isinf, torch.isneginf, torch.isposinf, operator.eq, operator.lt, operator.le,
+               operator.gt, operator.ge, torch.logical_and, torch.logical_or, torch.logical_xor, torch.logical_not}
 _DISCRETE = {torch.argmax: "arg max", torch.argmin: "arg min", functional.onnx_topk: "top-k selection",
              functional.onnx_hardmax: "arg max (Hardmax)",
              functional.onnx_nonzero: "non-zero positions"}
@@ -126,7 +129,7 @@ def _varying(graph: fx.Graph) -> set[fx.Node]:
 
 def _call_treatment(node: fx.Node, varying: set[fx.Node]) -> tuple[str, str | None]:
     target = node.target
-    if node not in varying or not _is_float_node(node):
+    if node not in varying or not _is_float_node(node) or target in _PREDICATES:
         return "no-gradient", None
     operands = [a for a in node.all_input_nodes if a in varying]
     if node.op == "call_method":

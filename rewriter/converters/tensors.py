@@ -284,7 +284,7 @@ def depth_to_space(ctx):
 
 @converter("SpaceToDepth")
 def space_to_depth(ctx):
-    return ctx.call(functional.onnx_space_to_depth, ctx.input(0), ctx.attr("blocksize"))
+    return ctx.call(functional.onnx_space_to_depth, ctx.input(0), ctx.attr("blocksize"), ctx.attr("mode", "DCR"))
 
 
 @converter("Trilu")
