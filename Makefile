@@ -38,7 +38,7 @@ test-newest: $(NEWEST_STAMP)
 	$(NEWEST_VENV)/bin/python $(PYTEST) $(NEWEST_TESTS)
 
 demo: install
-	$(BIN)/python examples/explain_resnet.py
+	$(BIN)/python examples/explain_digits.py
 
 lint: install
 	$(BIN)/ruff check rewriter passes tests examples benchmarks
@@ -49,3 +49,4 @@ clean:
 bench: install
 	$(BIN)/python benchmarks/exactness.py
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/explain.py

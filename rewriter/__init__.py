@@ -1,9 +1,10 @@
 """shaprewrite: rewrite models so SHAP DeepExplainer and Captum DeepLift explain them exactly.
 
-    from rewriter import load, rewrite, save
+    from rewriter import explain, load, rewrite, save
     explainable = rewrite(model, x)          # torch model + example inputs
     explainable = rewrite("model.onnx")      # or any ONNX file
     save(explainable, "model.pt")             # data only: load("model.pt") runs no code from it
+    attributions = explain("model.pt", rows, background)   # checked to add up, batch by batch
 
 ``import rewriter`` is light (torch is imported on first use of the API) and registers the
 explainer rules rewritten models rely on (see :mod:`rewriter.explainers`).
@@ -17,6 +18,7 @@ from . import explainers
 from .errors import (
     AdditivityError,
     ConversionError,
+    EngineError,
     ExportError,
     InputError,
     OutputError,
@@ -28,7 +30,7 @@ from .errors import (
 __version__ = "0.1.0"
 
 # The public API by the module that defines it, imported on first use.
-_API = {"rewrite": "api", "inspect": "api", "load": "artifact", "save": "artifact", "RewriteReport": "report",
+_API = {"rewrite": "api", "explain": "explaining", "inspect": "api", "load": "artifact", "save": "artifact", "RewriteReport": "report",
         "ExplainableModule": "result"}
 
 
@@ -49,6 +51,7 @@ explainers.install()
 __all__ = [
     "AdditivityError",
     "ConversionError",
+    "EngineError",
     "ExplainableModule",
     "ExportError",
     "InputError",
@@ -57,6 +60,7 @@ __all__ = [
     "ShapRewriteError",
     "UnsupportedOpError",
     "VerificationError",
+    "explain",
     "inspect",
     "load",
     "rewrite",

@@ -18,6 +18,7 @@ initializers are written once.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import zipfile
@@ -44,25 +45,39 @@ def save(module: ExplainableModule, path: str | os.PathLike, *, overwrite: bool 
     """Write ``module`` (a result of :func:`rewriter.rewrite` or :func:`load`) to ``path`` as a
     data-only artifact, atomically; without ``overwrite`` an existing file is an
     :class:`~rewriter.errors.OutputError`."""
+    document = _document(module)
+    write_atomically(lambda handle: torch.save(document, handle), path, overwrite=overwrite)
+
+
+def to_bytes(module: ExplainableModule) -> bytes:
+    """The artifact :func:`save` would write, in memory: what ships a model to other machines
+    (:func:`load` takes it back)."""
+    buffer = io.BytesIO()
+    torch.save(_document(module), buffer)
+    return buffer.getvalue()
+
+
+def _document(module: ExplainableModule) -> dict:
     from . import __version__
 
     if not isinstance(module, ExplainableModule) or module.onnx_graph is None or module.onnx_tensors is None:
         raise InputError(f"cannot save a {type(module).__name__} as a shaprewrite artifact: it does not carry the "
                          "graph it was rewritten from", fix="save the module rewrite() or rewriter.load() returned")
-    document = {"format": FORMAT, "version": VERSION, "class_name": type(module).__name__, "shaprewrite": __version__, "graph": module.onnx_graph, "tensors": dict(module.onnx_tensors),
-                "state": module.state_dict()}
-    write_atomically(lambda handle: torch.save(document, handle), path, overwrite=overwrite)
+    return {"format": FORMAT, "version": VERSION, "class_name": type(module).__name__, "shaprewrite": __version__,
+            "graph": module.onnx_graph, "tensors": dict(module.onnx_tensors), "state": module.state_dict()}
 
 
-def load(path: str | os.PathLike) -> ExplainableModule:
-    """Rebuild the module saved at ``path`` by :func:`save` (or the ``shaprewrite`` CLI).
+def load(path: str | os.PathLike | bytes) -> ExplainableModule:
+    """Rebuild the module saved at ``path`` by :func:`save` (or the ``shaprewrite`` CLI), or
+    from the bytes :func:`to_bytes` gave.
 
     Nothing in the file is executed: it is read with ``weights_only=True``, checked to be a
     well-formed artifact, and its graph imported like any ONNX input. Anything else — a
     pickled module, a tampered file, another program's checkpoint — is an
     :class:`~rewriter.errors.InputError`.
     """
-    document = _read(Path(path))
+    document = _read(path if isinstance(path, bytes) else Path(path))
+    path = "<bytes>" if isinstance(path, bytes) else path
     graph, tensors = document["graph"], document["tensors"]
     model = parse_onnx(graph, str(path))
     _check_tensors(model, tensors, path)
@@ -78,11 +93,15 @@ def load(path: str | os.PathLike) -> ExplainableModule:
     return module
 
 
-def _read(path: Path) -> dict:
-    if not path.is_file():
-        raise InputError(f"'{path}' does not exist or is not a file", fix="check the path")
+def _read(source: Path | bytes) -> dict:
+    if isinstance(source, bytes):
+        path, source = "<bytes>", io.BytesIO(source)
+    elif not source.is_file():
+        raise InputError(f"'{source}' does not exist or is not a file", fix="check the path")
+    else:
+        path = source
     try:
-        document = torch.load(path, map_location="cpu", weights_only=True)
+        document = torch.load(source, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, TypeError,
             AttributeError, KeyError, IndexError, OSError) as exc:
         raise InputError(f"'{path}' is not a shaprewrite artifact: it cannot be read as data only "

@@ -14,11 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import describe
+from .errors import InputError, describe
 
 
-class _Output(nn.Module):
-    """One output of a model, as the ``[batch, k]`` matrix the explainers expect."""
+class OutputView(nn.Module):
+    """One output of a model, as the ``[batch, k]`` matrix the explainers expect: output
+    ``index`` of a model that returns several (which must then be chosen), or its only one."""
 
     def __init__(self, model: nn.Module, index: int | None) -> None:
         super().__init__()
@@ -26,9 +27,22 @@ class _Output(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         out = self.model(*inputs)
-        if self.index is not None:
-            out = out[self.index]
+        if isinstance(out, (tuple, list)):
+            if self.index is None and len(out) > 1:
+                raise InputError(f"the model returns {len(out)} outputs", fix="pick one with output=INDEX")
+            out = out[self.index or 0]
+        elif self.index not in (None, 0):
+            raise InputError(f"output {self.index} was asked for; the model returns one", fix="leave output unset")
         return out.reshape(out.shape[0], -1)
+
+
+def drop_shap_leftovers(view: nn.Module) -> None:
+    """SHAP keeps each leaf's last input and output as parameters ``x`` and ``y`` and deletes them
+    only from direct children and containers: below a wrapper such as :class:`OutputView` they would stay, holding a
+    batch of activations and turning up in the model's ``state_dict``."""
+    for module in view.modules():
+        for name in ("x", "y"):
+            module._parameters.pop(name, None)
 
 
 def explainable_outputs(model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[nn.Module]:
@@ -36,8 +50,8 @@ def explainable_outputs(model: nn.Module, inputs: Sequence[torch.Tensor]) -> lis
     with torch.no_grad():
         out = model(*inputs)
     if isinstance(out, torch.Tensor):
-        return [_Output(model, None) if out.dim() != 2 else model]
-    return [_Output(model, i) for i, o in enumerate(out) if o.is_floating_point()]
+        return [OutputView(model, None) if out.dim() != 2 else model]
+    return [OutputView(model, i) for i, o in enumerate(out) if o.is_floating_point()]
 
 
 def _unwrap(inputs: Sequence[torch.Tensor]):
@@ -51,6 +65,7 @@ def shap_additivity_error(model: nn.Module, background: Sequence[torch.Tensor], 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         values = shap.DeepExplainer(model, _unwrap(background)).shap_values(_unwrap(inputs), check_additivity=False)
+    drop_shap_leftovers(model)
     per_input = values if len(inputs) > 1 else [values]
     totals = sum(np.asarray(v).reshape(np.asarray(v).shape[0], -1, np.asarray(v).shape[-1]).sum(axis=1)
                  for v in per_input)

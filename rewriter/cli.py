@@ -1,4 +1,5 @@
-"""``shaprewrite IN.onnx OUT.pt`` and ``shaprewrite inspect IN.onnx``."""
+"""``shaprewrite IN.onnx OUT.pt``, ``shaprewrite inspect IN.onnx`` and ``shaprewrite explain``
+(:mod:`rewriter.cli_explain`)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ if TYPE_CHECKING:
 
 EXIT_CODES = """\
 exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 4 unsupported op,
-5 export failed, 6 verification failed, 7 self-check failed, 8 cannot write output
+5 export failed, 6 verification failed, 7 self-check failed, 8 cannot write output,
+9 the Ray engine failed (explain)
 """
 
 EXAMPLES = f"""\
@@ -28,6 +30,7 @@ examples:
   shaprewrite model.onnx model.pt --check --report model.report.json
   shaprewrite model.onnx model.pt --dim seq=128 --rtol 1e-3
   shaprewrite inspect model.onnx
+  shaprewrite explain model.pt --inputs rows.npy --background bg.npy --out attributions.npy
 
 The output holds data only (the rewritten graph and its weights): load it with
 rewriter.load(path), which runs no code from the file; torch.load(path,
@@ -208,38 +211,55 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Terminated(BaseException):
-    """SIGTERM, raised where the process is, so every ``finally`` (temporary files) runs."""
+class _Signalled(BaseException):
+    """SIGINT or SIGTERM, raised where the process is, so every ``finally`` (temporary files) runs.
+
+    SIGINT gets this too rather than ``KeyboardInterrupt``: CPython remembers a
+    ``KeyboardInterrupt`` that passed through code a C extension ran with ``PyRun_*`` and then
+    kills itself with SIGINT at exit even though we caught it, losing the exit code.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
-def _raise_terminated(signum, frame) -> None:
-    raise _Terminated()
+def _raise_signalled(signum, frame) -> None:
+    raise _Signalled(signum)
+
+
+_EXIT_CODES = {signal.SIGINT: (130, "interrupted"), signal.SIGTERM: (143, "terminated")}
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .cli_explain import build_explain_parser, run_explain
+
     argv = sys.argv[1:] if argv is None else argv
-    inspecting = bool(argv) and argv[0] == "inspect"
-    args = (build_inspect_parser() if inspecting else build_parser()).parse_args(argv[1:] if inspecting else argv)
+    commands = {"inspect": (build_inspect_parser, run_inspect), "explain": (build_explain_parser, run_explain)}
+    command = argv[0] if argv and argv[0] in commands else None
+    build, execute = commands.get(command, (build_parser, run))
+    args = build().parse_args(argv[1:] if command else argv)
     in_main_thread = threading.current_thread() is threading.main_thread()  # signals can only be set there
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+    previous = {sig: signal.signal(sig, _raise_signalled) for sig in _EXIT_CODES} if in_main_thread else {}
     try:
-        return run_inspect(args) if inspecting else run(args)
+        return execute(args)
     except ShapRewriteError as exc:
         print(f"shaprewrite: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a SIGINT that arrived before our handler was in place
         print("shaprewrite: interrupted", file=sys.stderr)
         return 130
-    except _Terminated:
-        print("shaprewrite: terminated", file=sys.stderr)
-        return 143
+    except _Signalled as exc:
+        code, what = _EXIT_CODES[exc.signum]
+        print(f"shaprewrite: {what}", file=sys.stderr)
+        return code
     except Exception as exc:  # the promise is: no traceback, ever
         print(f"shaprewrite: internal error: {type(exc).__name__}: {exc}. This is a bug; please report it "
               "with the model.", file=sys.stderr)
         return 1
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -93,12 +93,24 @@ class VerificationError(ShapRewriteError):
 
 
 class AdditivityError(ShapRewriteError):
-    """The self-check found attributions that do not add up (or an explainer failed)."""
+    """Attributions that do not add up: found by the self-check, or by :func:`rewriter.explain`
+    on the rows it names in ``rows`` (or an explainer failed)."""
 
     exit_code = 7
+
+    def __init__(self, message: str, *, fix: str | None = None, rows: list[int] | None = None) -> None:
+        self.rows = list(rows or [])
+        super().__init__(message, fix=fix)
 
 
 class OutputError(ShapRewriteError):
     """The output file could not be written where asked."""
 
     exit_code = 8
+
+
+class EngineError(ShapRewriteError):
+    """The distributed engine failed: it could not start, or a worker kept failing after
+    its retries."""
+
+    exit_code = 9

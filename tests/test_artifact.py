@@ -169,3 +169,13 @@ def test_the_artifact_is_a_zip_of_data_records(rewritten, tmp_path):
         pickled = next(archive.read(n) for n in archive.namelist() if n.endswith("data.pkl"))
     assert b"torch.fx" not in pickled and b"GraphModule" not in pickled
     assert os.path.getsize(path) > 0
+
+
+def test_a_model_checked_with_shap_saves_and_loads(tmp_path):
+    """SHAP leaves each leaf's last activations as parameters below a wrapper; the self-check
+    (which wraps a model of several outputs) must not leave them in the state it saves."""
+    from architectures import MultiOutputNet
+
+    checked = rewrite(MultiOutputNet(), torch.randn(3, 6), check=True)
+    save(checked, tmp_path / "model.pt")
+    assert set(load(tmp_path / "model.pt").state_dict()) == set(checked.state_dict())

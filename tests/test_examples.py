@@ -38,6 +38,17 @@ def test_demo_saves_the_image_plot(tmp_path):
     assert (tmp_path / "out" / "resnet_shap.png").stat().st_size > 10_000
 
 
+def test_digits_demo_trains_rewrites_and_explains_with_the_command(tmp_path):
+    """``make demo``: a CNN trained on real digits, explained by ``shaprewrite explain``."""
+    result = run(str(ROOT / "examples" / "explain_digits.py"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    accuracy = float(re.search(r"test accuracy ([\d.]+)%", result.stdout).group(1))
+    assert accuracy > 90, result.stdout  # it learned digits, so the plot shows strokes, not noise
+    error = float(re.search(r"worst additivity error ([\d.e+-]+)", result.stdout).group(1))
+    assert error < 1e-4
+    assert (tmp_path / "out" / "digits_shap.png").stat().st_size > 10_000
+
+
 def test_cli_example(tmp_path):
     result = run(str(ROOT / "examples" / "cli_then_explain.py"), str(tmp_path))
     assert result.returncode == 0, result.stderr

@@ -1,0 +1,74 @@
+"""One picture of a set of attributions, chosen by the shape of the rows they explain.
+
+Rows of shape ``[C, H, W]`` are images (``shap.image_plot`` of the first rows, one column per
+output); ``[T, F]`` are sequences (mean |attribution| over rows and features, per time step
+and output); anything else is tabular (mean |attribution| per feature, largest first).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import OutputError
+
+_IMAGE_ROWS = 6  # an image plot of more rows is too small to read
+_FEATURES = 20
+
+
+def plot_attributions(attributions: np.ndarray, rows: np.ndarray, path: Path) -> None:
+    """Save the plot for ``attributions`` (``rows.shape + (n_outputs,)``) to ``path``, atomically."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise OutputError("--plot needs matplotlib, which is not installed", fix="pip install matplotlib") from exc
+    from .files import write_atomically
+
+    kind = rows.ndim - 1
+    if kind == 3:
+        figure = _images(attributions, rows, plt)
+    elif kind == 2:
+        figure = _sequence(attributions, plt)
+    else:
+        figure = _tabular(attributions, plt)
+    write_atomically(lambda handle: figure.savefig(handle, format="png", dpi=110, bbox_inches="tight"), path)
+    plt.close(figure)
+
+
+def _images(attributions: np.ndarray, rows: np.ndarray, plt):
+    import shap
+
+    shown = min(len(rows), _IMAGE_ROWS)
+    channels_last = np.moveaxis(attributions[:shown], 1, 3)  # [rows, H, W, C, outputs]
+    pixels = np.moveaxis(rows[:shown], 1, 3).astype(np.float32)
+    span = pixels.max() - pixels.min()
+    pixels = (pixels - pixels.min()) / (span if span > 0 else 1.0)
+    if pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    outputs = [channels_last[..., k] for k in range(channels_last.shape[-1])]
+    shap.image_plot(outputs, pixels, show=False, labels=np.array([[f"output {k}" for k in range(len(outputs))]] * shown))
+    return plt.gcf()
+
+
+def _sequence(attributions: np.ndarray, plt):
+    per_step = np.abs(attributions).mean(axis=(0, 2))  # [T, outputs]
+    figure, axes = plt.subplots(figsize=(7, 3.5))
+    for k in range(per_step.shape[1]):
+        axes.plot(per_step[:, k], label=f"output {k}")
+    axes.set(xlabel="time step", ylabel="mean |attribution|", title="Attribution over time")
+    if per_step.shape[1] <= 10:
+        axes.legend(fontsize="small")
+    return figure
+
+
+def _tabular(attributions: np.ndarray, plt):
+    per_feature = np.abs(attributions).reshape(len(attributions), -1, attributions.shape[-1]).mean(axis=(0, 2))
+    order = np.argsort(per_feature)[::-1][:_FEATURES][::-1]
+    figure, axes = plt.subplots(figsize=(6, 0.3 * len(order) + 1.2))
+    axes.barh([f"feature {i}" for i in order], per_feature[order])
+    axes.set(xlabel="mean |attribution| (over rows and outputs)", title="Attribution per feature")
+    return figure
