@@ -528,14 +528,14 @@ class ViT(nn.Module):
     pre-norm encoder layers (nn.TransformerEncoderLayer, GELU), classification head."""
 
     def __init__(self, image: int = 32, patch: int = 8, dim: int = 32, depth: int = 4, heads: int = 4,
-                 num_classes: int = 10) -> None:
+                 num_classes: int = 10, mlp: int | None = None) -> None:
         super().__init__()
         self.patch = nn.Conv2d(3, dim, patch, patch)
         tokens = (image // patch) ** 2 + 1
         self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.pos = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
-        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, activation="gelu", batch_first=True,
-                                           norm_first=True)
+        layer = nn.TransformerEncoderLayer(dim, heads, mlp or 2 * dim, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)

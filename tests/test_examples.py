@@ -113,6 +113,6 @@ def test_readme_make_commands_are_the_makefile_targets():
     make_lines = [line.split("#")[0].strip() for block in code_blocks("sh") for line in block.splitlines()
                   if line.startswith("make")]
     assert make_lines == ["make demo", "make test"]
-    assert "examples/explain_resnet.py" in makefile.split("demo: install")[1].splitlines()[1]
+    assert "examples/explain_digits.py" in makefile.split("demo: install")[1].splitlines()[1]
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci
