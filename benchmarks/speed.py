@@ -30,7 +30,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
@@ -155,17 +154,18 @@ def compare(name: str, runs: int) -> dict:
 
 
 def block_stack(nodes: int, width: int = 32) -> bytes:
-    """An ONNX MLP of ``nodes`` nodes: blocks of MatMul, Add, Relu (a residual every block)."""
+    """An ONNX MLP of ``nodes`` nodes: blocks of MatMul, Add, Tanh, Add. The weights are
+    contractive, so outputs stay finite and rounding does not grow with depth."""
     rng = np.random.default_rng(0)
     inits, graph_nodes, x = [], [], "x"
     for i in range(nodes // 4):
-        w = numpy_helper.from_array((rng.standard_normal((width, width)) / width**0.5).astype(np.float32), f"w{i}")
+        w = numpy_helper.from_array((rng.standard_normal((width, width)) * 0.5 / width**0.5).astype(np.float32), f"w{i}")
         b = numpy_helper.from_array(rng.standard_normal(width).astype(np.float32) * 0.1, f"b{i}")
         inits += [w, b]
         graph_nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"]),
                         helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"]),
-                        helper.make_node("Relu", [f"a{i}"], [f"r{i}"]),
-                        helper.make_node("Add", [f"r{i}", x], [f"h{i}"])]
+                        helper.make_node("Tanh", [f"a{i}"], [f"r{i}"]),
+                        helper.make_node("Add", [f"r{i}", f"b{i}"], [f"h{i}"])]
         x = f"h{i}"
     graph = helper.make_graph(graph_nodes, "stack", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", width])],
                               [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["n", width])], inits)
@@ -177,8 +177,8 @@ def scaling(sizes: list[int]) -> dict:
     for nodes in sizes:
         source = block_stack(nodes)
         with quiet():
-            rewrite(source, dims={"n": 2})
-        seconds = statistics.median(timed(lambda s=source: rewrite(s, dims={"n": 2})) for _ in range(3))
+            rewrite(source, dims={"n": 2}, atol=1e-2)
+        seconds = statistics.median(timed(lambda s=source: rewrite(s, dims={"n": 2}, atol=1e-2)) for _ in range(3))
         results[nodes] = {"seconds": seconds, "ms_per_node": 1000 * seconds / nodes}
     return results
 

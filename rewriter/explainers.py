@@ -27,11 +27,13 @@ Nothing here imports torch until a rule is registered, so ``import rewriter`` st
 
 from __future__ import annotations
 
+import ast
 import functools
 import importlib.abc
 import importlib.util
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 
 SHAP_MODULE = "shap.explainers._deep.deep_pytorch"
@@ -132,6 +134,67 @@ def unregister() -> list[str]:
         names.clear()
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _RegisterOnImport)]
     return taken
+
+
+def handled(explainer: str) -> tuple[set[str], set[str]] | None:
+    """The module class names ``explainer`` ("shap" or "captum") has a rule for, and those of
+    them shaprewrite adds; ``None`` when it is not installed.
+
+    Importing an explainer costs seconds (shap: ~4 s here), more than the rest of a rewrite,
+    so one not yet imported is not imported: its own table is read from its source, and
+    ours is what the import hook will add to it.
+    """
+    name = {"shap": SHAP_MODULE, "captum": CAPTUM_MODULE}[explainer]
+    if name in sys.modules:
+        table = getattr(sys.modules[name], _TABLES[name])
+        keys = {key if isinstance(key, str) else key.__name__ for key in table}
+        return keys, REGISTERED[explainer] & keys
+    if importlib.util.find_spec(name.split(".")[0]) is None:
+        return None
+    native = _table_keys_in_source(name)
+    if native is None:  # a layout we cannot read: import it after all
+        _REGISTRARS[name](importlib.import_module(name))
+        return handled(explainer)
+    hooked = any(isinstance(finder, _RegisterOnImport) for finder in sys.meta_path)
+    ours = {cls.__name__ for cls in (*rescale_modules(), *exact_rule_modules())} - native if hooked else set()
+    return native | ours, ours
+
+
+_TABLES = {SHAP_MODULE: "op_handler", CAPTUM_MODULE: "SUPPORTED_NON_LINEAR"}
+
+
+def _table_keys_in_source(module: str) -> set[str] | None:
+    """Class names keyed in the module's rule table, from its source: ``table = {nn.ReLU: ...}``
+    and ``table["ReLU"] = ...``; ``None`` when the source cannot be found or read."""
+    top, *rest = module.split(".")
+    spec = importlib.util.find_spec(top)  # a submodule's spec would import its packages
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    table = _TABLES[module]
+    keys: set[str] = set()
+    try:
+        tree = ast.parse(Path(list(spec.submodule_search_locations)[0], *rest[:-1], f"{rest[-1]}.py")
+                         .read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+    def name_of(node: ast.expr) -> str | None:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return node.value
+        return node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
+
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+            if isinstance(node, ast.AnnAssign) and node.value is not None else []
+        value = getattr(node, "value", None)
+        for target in targets:
+            if isinstance(target, ast.Name) and target.id == table and isinstance(value, ast.Dict):
+                keys.update(filter(None, map(name_of, value.keys)))
+            elif isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name) and \
+                    target.value.id == table:
+                keys.add(name_of(target.slice) or "")
+    keys.discard("")
+    return keys or None
 
 
 class _ThenRegister(importlib.abc.Loader):

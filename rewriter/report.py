@@ -76,25 +76,20 @@ def _is_float_node(node: fx.Node) -> bool:
     return value is None or value.is_floating_point
 
 
-def _explainer_tables() -> dict[str, tuple]:
-    """Installed explainers: their rule table, and how a module class is keyed in it."""
-    tables = {}
-    if importlib.util.find_spec("shap") is not None:
-        deep = importlib.import_module(explainers.SHAP_MODULE)
-        tables["shap"] = (deep.op_handler, lambda cls: cls.__name__)
-    if importlib.util.find_spec("captum") is not None:
-        deep = importlib.import_module(explainers.CAPTUM_MODULE)
-        tables["captum"] = (deep.SUPPORTED_NON_LINEAR, lambda cls: cls)
-    return tables
+def _explainer_tables() -> dict[str, tuple[set[str], set[str]]]:
+    """Installed explainers: the module class names each has a rule for, and which of them
+    shaprewrite adds (see :func:`rewriter.explainers.handled`)."""
+    found = {name: explainers.handled(name) for name in ("shap", "captum")}
+    return {name: tables for name, tables in found.items() if tables is not None}
 
 
-def _module_treatment(module: nn.Module, explainer: str, table: dict, key) -> tuple[str, str | None]:
+def _module_treatment(module: nn.Module, explainer: str, handled: set[str], ours: set[str]) -> tuple[str, str | None]:
     cls = type(module)
     if modules.is_linear_layer(module):
         return "linear", None
     if isinstance(module, modules.ExactRule):
         kind = module.report_kind
-        return (kind, None) if key(cls) in table else ("approximate", f"{explainer} has no {kind} rule")
+        return (kind, None) if cls.__name__ in handled else ("approximate", f"{explainer} has no {kind} rule")
     if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
         def as_tuple(value):
             return tuple(value) if isinstance(value, (tuple, list)) else (value,)
@@ -103,9 +98,9 @@ def _module_treatment(module: nn.Module, explainer: str, table: dict, key) -> tu
             or any(p != 0 for p in as_tuple(module.padding))
         return ("approximate", "overlapping max pooling") if overlapping else ("maxpool", None)
     if cls in explainers.rescale_modules():
-        if key(cls) not in table:
+        if cls.__name__ not in handled:
             return "approximate", f"{explainer} has no rule for {cls.__name__}"
-        origin = "registered" if cls.__name__ in explainers.REGISTERED.get(explainer, ()) else "native"
+        origin = "registered" if cls.__name__ in ours else "native"
         return f"rescale ({origin})", None
     if isinstance(module, nn.Softmax) and explainer == "shap":
         return "rescale (native)", None  # shap's per-element rule on softmax is additive
@@ -179,8 +174,8 @@ def classify(module: fx.GraphModule) -> list[dict]:
         if node.op == "call_module":
             sub = module.get_submodule(node.target)
             entry["module"] = type(sub).__name__
-            for explainer, (table, key) in tables.items():
-                kind, reason = _module_treatment(sub, explainer, table, key)
+            for explainer, (handled, ours) in tables.items():
+                kind, reason = _module_treatment(sub, explainer, handled, ours)
                 entry[explainer] = kind if reason is None else {"kind": kind, "reason": reason}
             batch_reason = _batch_not_leading(node)
             if batch_reason and not modules.is_linear_layer(sub):

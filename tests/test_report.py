@@ -122,3 +122,28 @@ def test_inspect_reports_without_a_model(resnet_onnx):
     report = inspect(resnet_onnx)
     assert any(p.name == "exact_maxima" and p.count for p in report.passes)
     assert report.nodes and not report.verification and not report.approximate
+
+
+def test_the_report_reads_the_explainers_tables_without_importing_them():
+    """Importing shap costs seconds, more than a whole small rewrite: the report reads its rule
+    table from the source, and says what it would say with the explainers imported."""
+    script = """
+import sys, torch
+from torch import nn
+from rewriter import rewrite
+from rewriter.report import classify
+model = nn.Sequential(nn.Linear(6, 8), nn.SELU(), nn.Linear(8, 8), nn.CELU(), nn.Softplus(), nn.ELU(),
+                      nn.Hardswish(), nn.Linear(8, 3), nn.Softmax(-1)).eval()
+rewritten = rewrite(model, torch.randn(4, 6))
+before = classify(rewritten)
+assert not [m for m in sys.modules if m.split(".")[0] in ("shap", "captum")], "an explainer was imported"
+import shap.explainers._deep.deep_pytorch, captum.attr._core.deep_lift
+assert classify(rewritten) == before
+print("ok", sum(isinstance(e.get("shap"), str) and e["shap"].startswith("rescale (registered)") for e in before))
+"""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("ok ") and int(done.stdout.split()[1]) >= 1  # a rule only we add
