@@ -49,4 +49,5 @@ clean:
 bench: install
 	$(BIN)/python benchmarks/exactness.py
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/speed.py
 	$(BIN)/python benchmarks/explain.py

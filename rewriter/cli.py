@@ -234,6 +234,7 @@ _EXIT_CODES = {signal.SIGINT: (130, "interrupted"), signal.SIGTERM: (143, "termi
 def main(argv: list[str] | None = None) -> int:
     from .cli_explain import build_explain_parser, run_explain
 
+    as_program = argv is None
     argv = sys.argv[1:] if argv is None else argv
     commands = {"inspect": (build_inspect_parser, run_inspect), "explain": (build_explain_parser, run_explain)}
     command = argv[0] if argv and argv[0] in commands else None
@@ -258,8 +259,10 @@ def main(argv: list[str] | None = None) -> int:
               "with the model.", file=sys.stderr)
         return 1
     finally:
+        # Called in a process of its own, the work is over: a signal now must not turn a
+        # finished run (its output written) into one killed by the signal.
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if as_program else handler)
 
 
 if __name__ == "__main__":
