@@ -216,19 +216,27 @@ class _Signalled(BaseException):
 
     SIGINT gets this too rather than ``KeyboardInterrupt``: CPython remembers a
     ``KeyboardInterrupt`` that passed through code a C extension ran with ``PyRun_*`` and then
-    kills itself with SIGINT at exit even though we caught it, losing the exit code.
+    kills itself with SIGINT at exit even though we caught it, losing the exit code. The
+    subclasses take no arguments: code that re-raises ``type(exc)()`` must not turn them into
+    a TypeError.
     """
 
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
+    exit_code, what = 1, "stopped"
+
+
+class _Interrupted(_Signalled):
+    exit_code, what = 130, "interrupted"
+
+
+class _Terminated(_Signalled):
+    exit_code, what = 143, "terminated"
+
+
+_SIGNALLED = {signal.SIGINT: _Interrupted, signal.SIGTERM: _Terminated}
 
 
 def _raise_signalled(signum, frame) -> None:
-    raise _Signalled(signum)
-
-
-_EXIT_CODES = {signal.SIGINT: (130, "interrupted"), signal.SIGTERM: (143, "terminated")}
+    raise _SIGNALLED[signum]()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     build, execute = commands.get(command, (build_parser, run))
     args = build().parse_args(argv[1:] if command else argv)
     in_main_thread = threading.current_thread() is threading.main_thread()  # signals can only be set there
-    previous = {sig: signal.signal(sig, _raise_signalled) for sig in _EXIT_CODES} if in_main_thread else {}
+    previous = {sig: signal.signal(sig, _raise_signalled) for sig in _SIGNALLED} if in_main_thread else {}
     try:
         return execute(args)
     except ShapRewriteError as exc:
@@ -251,9 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         print("shaprewrite: interrupted", file=sys.stderr)
         return 130
     except _Signalled as exc:
-        code, what = _EXIT_CODES[exc.signum]
-        print(f"shaprewrite: {what}", file=sys.stderr)
-        return code
+        print(f"shaprewrite: {exc.what}", file=sys.stderr)
+        return exc.exit_code
     except Exception as exc:  # the promise is: no traceback, ever
         print(f"shaprewrite: internal error: {type(exc).__name__}: {exc}. This is a bug; please report it "
               "with the model.", file=sys.stderr)

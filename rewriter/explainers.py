@@ -32,6 +32,7 @@ import functools
 import importlib.abc
 import importlib.util
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -151,7 +152,8 @@ def handled(explainer: str) -> tuple[set[str], set[str]] | None:
         return keys, REGISTERED[explainer] & keys
     if importlib.util.find_spec(name.split(".")[0]) is None:
         return None
-    native = _table_keys_in_source(name)
+    with _PARSE_LOCK:
+        native = _table_keys_in_source(name)
     if native is None:  # a layout we cannot read: import it after all
         _REGISTRARS[name](importlib.import_module(name))
         return handled(explainer)
@@ -161,9 +163,11 @@ def handled(explainer: str) -> tuple[set[str], set[str]] | None:
 
 
 _TABLES = {SHAP_MODULE: "op_handler", CAPTUM_MODULE: "SUPPORTED_NON_LINEAR"}
+_PARSE_LOCK = threading.Lock()
 
 
-def _table_keys_in_source(module: str) -> set[str] | None:
+@functools.cache  # also keeps ast.parse out of threads: CPython 3.11's is not thread-safe
+def _table_keys_in_source(module: str) -> frozenset[str] | None:
     """Class names keyed in the module's rule table, from its source: ``table = {nn.ReLU: ...}``
     and ``table["ReLU"] = ...``; ``None`` when the source cannot be found or read."""
     top, *rest = module.split(".")
@@ -194,7 +198,7 @@ def _table_keys_in_source(module: str) -> set[str] | None:
                     target.value.id == table:
                 keys.add(name_of(target.slice) or "")
     keys.discard("")
-    return keys or None
+    return frozenset(keys) or None
 
 
 class _ThenRegister(importlib.abc.Loader):
