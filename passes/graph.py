@@ -138,8 +138,9 @@ class Builder:
         return self.node(op, [x], suffix, {"axes": list(axes), "keepdims": keepdims})
 
     def shape_of(self, x: gs.Tensor, suffix: str) -> gs.Tensor:
-        """A Reshape target giving ``x``'s shape: constant when its dims after the first are
-        static (0 copies the first), so inference keeps knowing the shape; else ``Shape(x)``."""
+        """A Reshape target giving ``x``'s shape for data that keeps ``x``'s first dim: constant
+        when the dims after the first are static (0 copies the data's first), so inference
+        keeps knowing the shape; else ``Shape(x)``."""
         if x.shape and all(isinstance(d, int) for d in x.shape[1:]):
             return self.ints([0, *x.shape[1:]], suffix)
         return self.node("Shape", [x], suffix)

@@ -28,7 +28,10 @@ def _normalize(b: Builder, x: gs.Tensor, axes: list[int], eps: float) -> gs.Tens
         return b.node("Standardize", [x], "standardize", {"epsilon": eps}, domain=DOMAIN)
     rows = b.node("Reshape", [x, b.ints([0] * axes[0] + [-1], "rows_shape")], "rows")
     standardized = b.node("Standardize", [rows], "standardize", {"epsilon": eps}, domain=DOMAIN)
-    return b.node("Reshape", [standardized, b.shape_of(x, "shape")], "unrows")
+    # Over axis 0 too (the whole tensor is one row) the rows do not keep x's first dim, which
+    # shape_of's constant copies from the data.
+    shape = b.node("Shape", [x], "shape") if axes[0] == 0 else b.shape_of(x, "shape")
+    return b.node("Reshape", [standardized, shape], "unrows")
 
 
 def _affine(b: Builder, y: gs.Tensor, scale: gs.Tensor | None, bias: gs.Tensor | None, out: gs.Variable) -> None:
