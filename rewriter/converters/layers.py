@@ -104,17 +104,21 @@ def conv_transpose(ctx):
     strides, dilations = _window(ctx, kernel)
     groups = ctx.attr("group", 1)
     output_padding = ctx.attr("output_padding", [0] * n)
-    if ctx.has_attr("output_shape"):
+    auto_pad = ctx.attr("auto_pad", "NOTSET")
+    if ctx.has_attr("output_shape") or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         data_shape = ctx.info(0).shape
         ctx.require(data_shape is not None and all(isinstance(d, int) for d in data_shape[2:]),
-                    "ConvTranspose with output_shape needs static spatial input dims", "give explicit pads")
-        wanted = ctx.attr("output_shape")[-n:]
+                    "ConvTranspose with output_shape or auto_pad SAME needs static spatial input dims",
+                    "give explicit pads")
+        # SAME asks for input size times stride (the spec's output_shape for it).
+        wanted = ctx.attr("output_shape")[-n:] if ctx.has_attr("output_shape") else \
+            [s * i for s, i in zip(strides, data_shape[2:])]
         totals = [s * (i - 1) + op + (k - 1) * d + 1 - w for s, i, op, k, d, w in
                   zip(strides, ctx.info(0).shape[2:], output_padding, kernel, dilations, wanted)]
         # A wanted size past the natural one grows the output at the end instead.
         output_padding = [op - min(t, 0) for op, t in zip(output_padding, totals)]
         totals = [max(t, 0) for t in totals]
-        upper = ctx.attr("auto_pad", "NOTSET") != "SAME_LOWER"
+        upper = auto_pad != "SAME_LOWER"
         begins = [t // 2 if upper else t - t // 2 for t in totals]
         ends = [t - b for t, b in zip(totals, begins)]
     else:
