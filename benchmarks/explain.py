@@ -6,7 +6,6 @@ Writes its numbers under "explain" in ``benchmarks/results.json``.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import warnings
@@ -19,6 +18,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from architectures import ResNet, randomize_batchnorm  # noqa: E402
+from common import store  # noqa: E402
 
 from rewriter import explain, rewrite  # noqa: E402
 
@@ -76,10 +76,7 @@ def main() -> int:
         print(f"{key.removesuffix('_rows_per_s'):<34}{results[key]:>8.2f}")
     print(f"explain / hand-written time: {results['explain_over_hand_written']:.2f}x; "
           f"ray equals local: {results['ray_equals_local']}")
-    path = HERE / "results.json"
-    stored = json.loads(path.read_text()) if path.exists() else {}
-    stored["explain"] = results
-    path.write_text(json.dumps(stored, indent=2))
+    store({"explain": results})
     return 0
 
 

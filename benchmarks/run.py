@@ -15,10 +15,7 @@ Goals it checks (printed as ok / MISSED):
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
-import logging
 import os
 import platform
 import resource
@@ -37,6 +34,7 @@ sys.path.insert(0, str(HERE))
 
 import recurrent  # noqa: E402
 from architectures import MobileNetV2, ResNet, ViT, randomize_batchnorm  # noqa: E402
+from common import quiet, store  # noqa: E402
 
 from rewriter import rewrite  # noqa: E402
 
@@ -64,15 +62,6 @@ def median_time(fn, runs: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-@contextlib.contextmanager
-def quiet():
-    logging.disable(logging.WARNING)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
-    logging.disable(logging.NOTSET)
 
 
 def bare_export(model, x) -> None:
@@ -222,9 +211,7 @@ def main() -> int:
     print("\nrecurrent: LSTM hidden 128, batch 32")
     results["recurrent"] = recurrent.measure()
 
-    path = HERE / "results.json"
-    path.write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {path}")
+    print(f"\nwrote {store(results)}")
     return 0
 
 

@@ -15,18 +15,14 @@ parameters' bytes + the export's own peak. Results go under "speed" in results.j
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import io
-import json
-import logging
 import pstats
 import resource
 import statistics
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from architectures import ResNet, ViT, randomize_batchnorm  # noqa: E402
+from common import quiet, store  # noqa: E402
 
 from rewriter import rewrite  # noqa: E402
 
@@ -110,16 +107,6 @@ def build(name: str) -> tuple[nn.Module, torch.Tensor]:
     make, shape = MODELS[name]
     torch.manual_seed(0)
     return make().eval(), torch.randn(2, *shape)
-
-
-@contextlib.contextmanager
-def quiet():
-    logging.disable(logging.WARNING)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
-    logging.disable(logging.NOTSET)
 
 
 def user_export(model: nn.Module, x: torch.Tensor) -> None:
@@ -254,10 +241,7 @@ def main() -> int:
         print(f"{name:<14}{params:>7.0f}MB{peaks['export']:>11.0f}MB{peaks['rewrite']:>12.0f}MB{extra:>14.2f}  "
               f"{ok(extra <= 2)}")
 
-    path = HERE / "results.json"
-    stored = json.loads(path.read_text()) if path.exists() else {}
-    stored["speed"] = results
-    path.write_text(json.dumps(stored, indent=2))
+    store({"speed": results})
     return 0
 
 
