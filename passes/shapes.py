@@ -150,7 +150,8 @@ def measure_shapes(graph: gs.Graph, options: PassOptions) -> PassResult:
         tensor = tensors.get(name)
         if isinstance(tensor, gs.Variable):
             tensor.dtype, tensor.shape = dtype, dims
-    sizes = sorted({int(np.shape(feed[next(iter(feed))])[0]) if feed else 0 for feed in options.feeds})
+    # The first input with rows tells the batch; a graph of 0-d inputs has none (0).
+    sizes = sorted({next((len(v) for v in feed.values() if np.ndim(v)), 0) for feed in options.feeds})
     result.note = f"shapes measured at batch {' and '.join(map(str, sizes))}"
     fixed = _specialise_inputs(graph, options.feeds)
     if fixed:
