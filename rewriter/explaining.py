@@ -200,10 +200,11 @@ def _check_alike(xs: tuple[np.ndarray, ...], bg: tuple[np.ndarray, ...]) -> None
 def _check_model_runs(model: nn.Module, xs: tuple[np.ndarray, ...], bg: tuple[np.ndarray, ...],
                       output: int | None, device: str) -> None:
     """Fail here, with the model's own words, rather than inside an explainer or a worker."""
-    view = OutputView(model.to(_device(device)).eval(), output)
+    where = _device(device)
+    view = OutputView(model.to(where).eval(), output)
     with torch.no_grad():
         for rows in (xs, bg):
-            view(*(torch.as_tensor(r[:1], device=_device(device)) for r in rows))
+            view(*(torch.as_tensor(r[:1], device=where) for r in rows))
 
 
 def _check_additivity(errors: np.ndarray, start: int, threshold: float) -> None:
