@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import onnx
-import onnx_graphsurgeon as gs
-
 from .activations import decompose_activations, fuse_activations
 from .base import GraphPass, PassOptions, PassResult
 from .batch import make_batch_dynamic
@@ -19,6 +16,7 @@ from .normalization import decompose_log_softmax, decompose_normalization
 from .precision import upcast_half_precision
 from .products import shapley_products
 from .shapes import measure_shapes, refresh_shapes
+from .weights import LightModel, export_light, import_light
 
 # The one list of passes, in the order they run.
 PIPELINE: list[GraphPass] = [
@@ -41,12 +39,13 @@ PIPELINE: list[GraphPass] = [
 ]
 
 
-def run_passes(model: onnx.ModelProto, options: PassOptions | None = None,
-               pipeline: list[GraphPass] | None = None) -> tuple[onnx.ModelProto, list[PassResult]]:
-    """Run ``pipeline`` (default :data:`PIPELINE`) over ``model``; return the new model and each
-    pass's result."""
+def run_passes(source: LightModel, options: PassOptions | None = None,
+               pipeline: list[GraphPass] | None = None) -> tuple[LightModel, list[PassResult]]:
+    """Run ``pipeline`` (default :data:`PIPELINE`) over ``source``; return the new model and
+    each pass's result. Both keep their large weights apart (see :mod:`.weights`)."""
     options = options or PassOptions()
-    graph = gs.import_onnx(model)
+    model = source.proto
+    graph = import_light(model, source.held)
     # Recorded types let passes tell float data from integer shape arithmetic; where
     # inference cannot tell, passes treat a value as float, and verification has the last word.
     refresh_shapes(graph)
@@ -57,13 +56,14 @@ def run_passes(model: onnx.ModelProto, options: PassOptions | None = None,
         if result.count:
             refresh_shapes(graph)  # later passes read shapes of what this one added
     graph.cleanup().toposort()
-    out = gs.export_onnx(graph, do_type_check=False)
+    light = export_light(graph)
+    out = light.proto
     out.ir_version = model.ir_version
     del out.metadata_props[:]
     out.metadata_props.extend(model.metadata_props)
     out.producer_name = model.producer_name
     attach_functions(out)
-    return out, results
+    return light, results
 
 
-__all__ = ["PIPELINE", "PassOptions", "PassResult", "run_passes"]
+__all__ = ["PIPELINE", "LightModel", "PassOptions", "PassResult", "run_passes"]

@@ -15,6 +15,7 @@ import onnx_graphsurgeon as gs
 
 from .base import PassOptions, PassResult
 from .shapes import inferred_types
+from .weights import export_light
 
 BATCH = "batch"
 
@@ -34,7 +35,7 @@ def _fixed_batch(graph: gs.Graph) -> int | None:
 
 def _inferred_leading_dims(graph: gs.Graph) -> dict[str, object]:
     """Leading dim of every tensor, by ONNX shape inference on the graph as it is now."""
-    types = inferred_types(gs.export_onnx(graph, do_type_check=False))
+    types = inferred_types(export_light(graph).proto)
     dims: dict[str, object] = {}
     for name, tp in types.items():
         shape = tp.tensor_type.shape if tp.HasField("tensor_type") else None

@@ -13,15 +13,17 @@ import onnx_graphsurgeon as gs
 from onnxscript import optimizer
 
 from .base import PassOptions, PassResult
+from .weights import adopt, export_light
 
 
 def _fold(graph: gs.Graph, name: str, **limits) -> PassResult:
-    model = gs.export_onnx(graph, do_type_check=False)
-    before = [n.name for n in model.graph.node]
-    if not optimizer.fold_constants(model, **limits).modified:
+    # Large weights are placeholders the folder leaves alone (above its input size limits);
+    # the large-value fold gets the values of those constant nodes read.
+    light = export_light(graph, keep=_constant_inputs(graph) if limits else ())
+    before = [n.name for n in light.proto.graph.node]
+    if not optimizer.fold_constants(light.proto, **limits).modified:
         return PassResult(name)  # the graph stands; reading the folder's copy back costs more than folding
-    folded = gs.import_onnx(model)
-    graph.nodes, graph.inputs, graph.outputs = folded.nodes, folded.inputs, folded.outputs
+    adopt(graph, light.proto, light.held)
     graph.cleanup()
     after = {n.name for n in graph.nodes}
     return PassResult(name, removed=[n for n in before if n not in after])
@@ -36,9 +38,18 @@ def fold_constants(graph: gs.Graph, options: PassOptions) -> PassResult:
     return _fold(graph, "fold_constants")
 
 
+def _constant_nodes(graph: gs.Graph) -> list[gs.Node]:
+    """The nodes that read only constants (what folding evaluates)."""
+    return [node for node in graph.nodes if all(isinstance(t, gs.Constant) for t in node.inputs if t.name)]
+
+
+def _constant_inputs(graph: gs.Graph) -> set[str]:
+    return {t.name for node in _constant_nodes(graph) for t in node.inputs if t.name}
+
+
 def fold_large_constants(graph: gs.Graph, options: PassOptions) -> PassResult:
     """Evaluate the remaining constant nodes whose values fit the allowed tensor size."""
-    if not any(all(isinstance(t, gs.Constant) for t in node.inputs if t.name) for node in graph.nodes):
+    if not _constant_nodes(graph):
         # Every node the first fold left reads the inputs: nothing was held back for its size,
         # and a second run of the folder (a third of the passes' time on plain graphs) would
         # find nothing.

@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 
 from .base import PassOptions, PassResult
 from .functions import attach_functions
+from .weights import adopt, export_light
 
 _STANDARD = ("", "ai.onnx")
 _EXPANDED = "shaprewrite.expanded"  # the domain of the bodies while they are inlined
@@ -33,7 +34,8 @@ def expand_function_ops(graph: gs.Graph, options: PassOptions) -> PassResult:
     result = PassResult("expand_function_ops")
     if not wanted:
         return result
-    model = gs.export_onnx(graph, do_type_check=False)
+    light = export_light(graph)
+    model = light.proto
     attach_functions(model)
     calls = [n.name for n in model.graph.node if (n.domain or "") in _STANDARD and n.op_type in wanted]
     _spell_out_defaults(model, wanted)
@@ -44,8 +46,7 @@ def expand_function_ops(graph: gs.Graph, options: PassOptions) -> PassResult:
     remaining = {n.name for n in expanded.graph.node}
     result.removed = [name for name in calls if name not in remaining]
     if result.removed:
-        replacement = gs.import_onnx(expanded)
-        graph.nodes, graph.inputs, graph.outputs = replacement.nodes, replacement.inputs, replacement.outputs
+        adopt(graph, expanded, light.held)
     return result
 
 

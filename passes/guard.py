@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 from ..errors import InputError
 from .base import PassOptions, PassResult
 from .shapes import inferred_types, static_bytes
-from .weights import light_copy
+from .weights import export_light, light_copy
 
 
 def _with_input_sizes(model: onnx.ModelProto, sizes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
@@ -37,7 +37,7 @@ def refuse_oversized_values(graph: gs.Graph, options: PassOptions) -> PassResult
     more than ``options.max_tensor_bytes`` at the check inputs' sizes (batch 1 without
     them). Changes nothing."""
     sizes = {name: tuple(value.shape) for name, value in options.feeds[0].items()} if options.feeds else {}
-    model = gs.export_onnx(graph, do_type_check=False)
+    model = export_light(graph).proto
     types = inferred_types(_with_input_sizes(model, sizes))
     for node in graph.nodes:
         for tensor in node.outputs:

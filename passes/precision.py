@@ -14,6 +14,7 @@ import onnx_graphsurgeon as gs
 from onnx import TensorProto, numpy_helper
 
 from .base import PassOptions, PassResult
+from .weights import export_light
 
 HALF_TYPES = {TensorProto.FLOAT16, TensorProto.BFLOAT16}
 # Attributes that name an element type.
@@ -100,9 +101,9 @@ def upcast_half_precision(graph: gs.Graph, options: PassOptions) -> PassResult:
     from .shapes import refresh_shapes  # shapes imports this module's package
 
     result = PassResult("upcast_half_precision")
-    model = gs.export_onnx(graph, do_type_check=False)
-    if half_precision_type(model) is None:
+    if half_precision_type(export_light(graph).proto) is None:
         return result
+    model = gs.export_onnx(graph, do_type_check=False)  # the upcast needs the weights' values
     half_inputs = [vi.name for vi in model.graph.input if vi.type.tensor_type.elem_type in HALF_TYPES]
     result.changed = half_inputs + upcast_model(model)
     upcast = gs.import_onnx(model)

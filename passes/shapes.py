@@ -28,7 +28,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import describe
 from .base import PassOptions, PassResult
-from .weights import light_copy, ort_session
+from .weights import export_light, light_copy, ort_session
 
 log = logging.getLogger("shaprewrite")
 
@@ -63,7 +63,7 @@ def refresh_shapes(graph: gs.Graph) -> None:
     """Infer the type and shape of every tensor not yet fully known (what a pass added)."""
     from .functions import attach_functions  # functions imports graph helpers this module uses
 
-    model = gs.export_onnx(graph, do_type_check=False)
+    model = export_light(graph).proto
     attach_functions(model)
     types = inferred_types(model)
     for name, tensor in graph.tensors().items():
@@ -88,9 +88,11 @@ def _batch_dim(d1: int, d2: int, b1: int, b2: int, symbol: str) -> Dim:
     return None
 
 
-def measure(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]]) -> dict[str, tuple] | str:
+def measure(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]],
+            held: Mapping[str, gs.Constant] | None = None) -> dict[str, tuple] | str:
     """``{value: (numpy dtype, dims)}`` for every value of ``model``'s main graph, measured by
-    running it on each feed (see the module notes), or why it could not run."""
+    running it on each feed (see the module notes), or why it could not run. ``held``: the
+    values of a light export's placeholders (see ``weights.export_light``)."""
     import onnxruntime as ort
 
     graph = model.graph
@@ -100,7 +102,7 @@ def measure(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]]) -
     options.log_severity_level = 4  # failures are reported, not logged
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        session = ort_session(model, options, names)
+        session = ort_session(model, options, names, held)
         output_names = [o.name for o in session.get_outputs()]
         runs = []
         for feed in feeds:
@@ -138,9 +140,9 @@ def measure_shapes(graph: gs.Graph, options: PassOptions) -> PassResult:
         return result
     from .functions import attach_functions
 
-    model = gs.export_onnx(graph, do_type_check=False)
-    attach_functions(model)
-    found = measure(model, options.feeds)
+    light = export_light(graph)
+    attach_functions(light.proto)
+    found = measure(light.proto, options.feeds, light.held)
     if isinstance(found, str):
         log.debug("shapes not measured: %s", found)
         result.note = f"shapes inferred by ONNX: {found}"

@@ -6,32 +6,41 @@ values, only their types and shapes (shape inference reads the values of small i
 constants, which stay), so each gets a light copy in which every large initializer is a
 placeholder declared as external data; onnxruntime receives the values themselves as
 ``OrtValue``s next to it, without a copy through protobuf.
+
+The passes work on an onnx-graphsurgeon graph and export it many times (for inference, for
+onnxruntime, for onnxscript's folder); :func:`export_light` exports it with placeholders
+from the start, so no export copies the weights, and :func:`adopt` takes an edited export
+back with the graph's own constants in the placeholders' places.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 LARGE_BYTES = 1 << 20  # initializers from this size on are handed over by value, not serialized
 
 
-def _placeholder(tensor: onnx.TensorProto) -> onnx.TensorProto:
-    light = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
-                             data_location=onnx.TensorProto.EXTERNAL)
+def _placeholder(name: str, data_type: int, dims: Sequence[int]) -> onnx.TensorProto:
+    light = onnx.TensorProto(name=name, data_type=data_type, dims=dims, data_location=onnx.TensorProto.EXTERNAL)
     entry = light.external_data.add()
-    entry.key, entry.value = "location", f"{tensor.name}.held-in-memory"
+    entry.key, entry.value = "location", f"{name}.held-in-memory"
     return light
 
 
 def _size(tensor: onnx.TensorProto) -> int:
-    if tensor.HasField("raw_data"):
-        return len(tensor.raw_data)
+    # From the type and shape: reading ``raw_data`` would copy the bytes out of protobuf.
     count = int(np.prod(tensor.dims)) if tensor.dims else 1
     return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+
+
+def _is_placeholder(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location == onnx.TensorProto.EXTERNAL
 
 
 def _copy_without(message, skipped: str):
@@ -55,57 +64,138 @@ def light_copy(model: onnx.ModelProto, threshold: int | None = None, *,
     """``model`` with its initializers of ``threshold`` bytes or more taken out, and those
     initializers. In the copy each is an external-data placeholder of the same name, type
     and shape (what onnxruntime takes values for), or, ``as_inputs``, a graph input of that
-    type and shape (what the checker and shape inference accept without the data).
+    type and shape (what the checker and shape inference accept without the data); then
+    placeholders already there (from :func:`export_light`) become inputs too.
 
     Only the top-level graph's initializers move; without any, ``model`` itself is returned.
     ``threshold`` defaults to :data:`LARGE_BYTES`.
     """
     threshold = LARGE_BYTES if threshold is None else threshold
-    large = [t for t in model.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL
-             and _size(t) >= threshold]
-    if not large:
+    large = [t for t in model.graph.initializer if not _is_placeholder(t) and _size(t) >= threshold]
+    placeholders = [t for t in model.graph.initializer if _is_placeholder(t)] if as_inputs else []
+    if not large and not placeholders:
         return model, []
-    moved = {t.name for t in large}
+    moved = {t.name for t in [*large, *placeholders]}
     light = _copy_without(model, "graph")
     light.graph.CopyFrom(_copy_without(model.graph, "initializer"))
     if as_inputs:
         light.graph.initializer.extend(t for t in model.graph.initializer if t.name not in moved)
         declared = {vi.name for vi in light.graph.input}
         light.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
-                                 for t in large if t.name not in declared)
+                                 for t in [*large, *placeholders] if t.name not in declared)
     else:
-        light.graph.initializer.extend(_placeholder(t) if t.name in moved else t for t in model.graph.initializer)
+        light.graph.initializer.extend(_placeholder(t.name, t.data_type, t.dims) if t.name in moved else t for t in model.graph.initializer)
     return light, large
 
 
-def with_weights(light: onnx.ModelProto, large: list[onnx.TensorProto]) -> onnx.ModelProto:
-    """The inverse of ``light_copy(..., as_inputs=True)``, in place: the declared inputs
-    become the initializers again."""
+@dataclass
+class LightModel:
+    """A model without its large constants' data: each is a placeholder in ``proto``, and
+    ``held`` maps its name to a graph constant holding the values (or reading them from the
+    source model when first asked)."""
+
+    proto: onnx.ModelProto
+    held: dict[str, gs.Constant]
+
+
+class _OwnedValues(gs.ir.tensor.LazyValues):
+    """Values read when first needed into an array of their own: ONNX reads a read-only view
+    of protobuf's bytes, which the imported module could not share."""
+
+    def load(self) -> np.ndarray:
+        return np.array(super().load(), copy=True)
+
+
+def hold_apart(light: onnx.ModelProto, large: list[onnx.TensorProto]) -> LightModel:
+    """The inverse of ``light_copy(..., as_inputs=True)`` without copying the weights: in place,
+    the inputs ``large`` became are placeholders again, and the constants read ``large``."""
     names = {t.name for t in large}
     kept = [vi for vi in light.graph.input if vi.name not in names]
     del light.graph.input[:]
     light.graph.input.extend(kept)
-    for tensor in large:  # one by one: extending would serialize, which fails past 2 GiB
-        light.graph.initializer.add().CopyFrom(tensor)
-    return light
+    light.graph.initializer.extend(_placeholder(t.name, t.data_type, t.dims) for t in large)
+    return LightModel(light, {t.name: gs.Constant(t.name, _OwnedValues(t)) for t in large})
 
 
-def ort_session(model: onnx.ModelProto, options=None, extra_outputs: Sequence[str] = ()):
+def _type_and_size(constant: gs.Constant) -> tuple[int, int] | None:
+    """The ONNX type and byte size of a dense constant, without loading lazily read values."""
+    # ``_values``, not ``values``: reading the property would load them.
+    values = constant._values
+    if isinstance(values, gs.ir.tensor.SparseValues):
+        return None
+    if isinstance(values, gs.ir.tensor.LazyValues):
+        return values.tensor.data_type, _size(values.tensor)
+    array = np.asarray(values)
+    return onnx.helper.np_dtype_to_tensor_dtype(array.dtype), array.nbytes
+
+
+def export_light(graph: gs.Graph, keep: Collection[str] = ()) -> LightModel:
+    """``graph`` as a model whose constants of :data:`LARGE_BYTES` or more, except those named
+    in ``keep``, are placeholders."""
+    held, types = {}, {}
+    for tensor in graph.tensors().values():
+        found = _type_and_size(tensor) if isinstance(tensor, gs.Constant) and tensor.name not in keep else None
+        if found is not None and found[1] >= LARGE_BYTES:
+            held[tensor.name], types[tensor.name] = tensor, found[0]
+    # The exporter copies every constant's values into the model; for the time of the export
+    # each large one holds its placeholder instead.
+    kept = {name: tensor._values for name, tensor in held.items()}
+    try:
+        for name, tensor in held.items():
+            tensor.values = gs.ir.tensor.LazyValues(_placeholder(name, types[name], tensor.shape))
+        proto = gs.export_onnx(graph, do_type_check=False)
+    finally:
+        for name, tensor in held.items():
+            tensor.values = kept[name]
+    return LightModel(proto, held)
+
+
+def import_light(model: onnx.ModelProto, held: Mapping[str, gs.Constant]) -> gs.Graph:
+    """The graph of ``model`` (a light model, or an edit of one), its nodes reading the constants
+    in ``held`` where ``model`` has their placeholders."""
+    graph = gs.import_onnx(model)
+    for tensor in held.values():
+        tensor.outputs.clear()  # the readers were nodes of a graph this one replaces
+    for node in graph.nodes:
+        for i, tensor in enumerate(node.inputs):
+            if isinstance(tensor, gs.Constant) and tensor.name in held:
+                node.inputs[i] = held[tensor.name]
+    return graph
+
+
+def adopt(graph: gs.Graph, model: onnx.ModelProto, held: Mapping[str, gs.Constant]) -> None:
+    """Make ``graph`` the graph of ``model``, an edited light export of it (see
+    :func:`import_light`)."""
+    other = import_light(model, held)
+    graph.nodes, graph.inputs, graph.outputs = other.nodes, other.inputs, other.outputs
+
+
+def ort_session(model: onnx.ModelProto, options=None, extra_outputs: Sequence[str] = (),
+                held: Mapping[str, gs.Constant] | None = None):
     """An onnxruntime CPU session for ``model`` of any size (see the module notes), with
-    ``extra_outputs`` (names of intermediate values) added to the graph's outputs."""
+    ``extra_outputs`` (names of intermediate values) added to the graph's outputs. ``held``
+    gives the values of a light model's placeholders, and may give those of large
+    initializers already read (the session shares them rather than reading its own copy)."""
     import onnxruntime as ort
 
     options = options or ort.SessionOptions()
+    # Prepacking lays weights out again for repeated runs; a session here runs a few times,
+    # and the repacking doubled the time to create it on large models.
+    options.add_session_config_entry("session.disable_prepacking", "1")
     light, large = light_copy(model)
     if extra_outputs:
         if light is model:
             light = onnx.ModelProto()
             light.CopyFrom(model)
         light.graph.output.extend(onnx.ValueInfoProto(name=name) for name in extra_outputs)
-    values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(numpy_helper.to_array(t))) for t in large]
-    if large:
-        options.add_external_initializers([t.name for t in large], values)
+    held = held or {}
+    names = [t.name for t in light.graph.initializer if _is_placeholder(t)]
+    read = {t.name: t for t in large}
+    arrays = [np.asarray(held[name].values) if name in held else numpy_helper.to_array(read[name]) for name in names]
+    values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for a in arrays]
+    if values:
+        options.add_external_initializers(names, values)
     session = ort.InferenceSession(light.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    if large:
+    if values:
         session.held_initializers = values  # onnxruntime reads them in place: keep them alive
     return session

@@ -30,8 +30,8 @@ from .export import export_module
 from .importer import import_onnx
 from .naming import sanitize
 from .onnx_io import normalize, parse_onnx, read_onnx
-from .onnx_values import ONNX_TO_TORCH_DTYPE
-from .passes import PassOptions, run_passes
+from .onnx_values import ONNX_TO_TORCH_DTYPE, tensor_from_array
+from .passes import LightModel, PassOptions, run_passes
 from .passes.precision import half_precision_type, upcast_model
 from .report import RewriteReport, classify
 from .result import ExplainableModule
@@ -145,7 +145,7 @@ class _Source:
     """A model ready for the passes, with what to verify the result against."""
 
     proto: onnx.ModelProto  # as exported or read
-    prepared: onnx.ModelProto  # checked, inlined, named
+    prepared: LightModel  # checked, inlined, named; its large weights read from proto
     inputs: tuple[torch.Tensor, ...]  # check inputs (half precision ones as float32)
     references: list[Reference]
     report: RewriteReport
@@ -189,14 +189,14 @@ def _onnx_source(proto: onnx.ModelProto, inputs: tuple, dims: Mapping[str, int],
     if not need_inputs:
         return _Source(proto, prepared, (), references, RewriteReport("onnx", unshared_modules=reused),
                        _class_name(name))
-    inputs = _as_float32(inputs or _random_inputs(prepared, dims))
-    half = half_precision_type(prepared)
+    inputs = _as_float32(inputs or _random_inputs(prepared.proto, dims))
+    half = half_precision_type(prepared.proto)
     if half is not None:
         upcast = onnx.ModelProto()
         upcast.CopyFrom(proto)
         upcast_model(upcast)
         references.append(Reference("onnxruntime on a float32 copy", OnnxRunner(upcast, " on a float32 copy")))
-    references.append(Reference("onnxruntime", OnnxRunner(proto), ONNX_TO_TORCH_DTYPE.get(half)))
+    references.append(Reference("onnxruntime", OnnxRunner(proto, held=prepared.held), ONNX_TO_TORCH_DTYPE.get(half)))
     return _Source(proto, prepared, inputs, references, RewriteReport("onnx", unshared_modules=reused),
                    _class_name(name))
 
@@ -326,7 +326,7 @@ def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str
 def _convert_and_verify(source: _Source, options: PassOptions, plan: _SecondBatch, tolerance: Tolerance,
                         clock: _Clock) -> nn.Module:
     """Passes, import and verification of ``source``; the report records each."""
-    options = dataclasses.replace(options, feeds=_feeds(source.prepared, source.inputs, plan.extra_rows, plan.carries))
+    options = dataclasses.replace(options, feeds=_feeds(source.prepared.proto, source.inputs, plan.extra_rows, plan.carries))
     module = _passes_and_import(source, options, clock)
     with clock.stage("verify", "verifying against the source"):
         source.report.verification = verify(module, source.references, source.inputs, _output_names(source.proto),
@@ -339,7 +339,8 @@ def _passes_and_import(source: _Source, options: PassOptions, clock: _Clock) -> 
     with clock.stage("passes", "running passes"):
         rewritten, info.passes = run_passes(source.prepared, options)
     with clock.stage("import", "importing into torch"):
-        return import_onnx(rewritten, source.class_name)
+        held = {name: tensor_from_array(constant.values) for name, constant in rewritten.held.items()}
+        return import_onnx(rewritten.proto, source.class_name, held)
 
 
 def inspect(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str, int] | None = None,

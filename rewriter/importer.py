@@ -206,9 +206,10 @@ class Importer:
 
     def __init__(self, model: onnx.ModelProto, tensors: Mapping[str, torch.Tensor] | None = None) -> None:
         self.model = model
+        tensors = tensors or {}
         graph = model.graph
         self.initializers: dict[str, torch.Tensor] = {
-            init.name: tensors[init.name] if tensors is not None else tensor_from_proto(init)
+            init.name: tensors[init.name] if init.name in tensors else tensor_from_proto(init)
             for init in graph.initializer}
         self.infos: dict[str, TensorInfo] = {vi.name: _info_from_type(vi.type)
                                              for vi in [*graph.input, *graph.value_info, *graph.output]}
@@ -433,7 +434,8 @@ def import_onnx(model: onnx.ModelProto, class_name: str = "ExplainableModel",
                 tensors: Mapping[str, torch.Tensor] | None = None) -> ExplainableModule:
     """Translate a shape-inferred ONNX model into an equivalent ``torch.fx.GraphModule``.
 
-    ``tensors`` gives every initializer's value by name (an artifact keeps them apart from
-    the graph); by default they are read from ``model``.
+    ``tensors`` gives initializers' values by name where ``model`` holds a placeholder (an
+    artifact keeps all of them apart from the graph, the passes the large ones); the rest
+    are read from ``model``.
     """
     return Importer(model, tensors).run(sanitize(class_name) if not class_name.isidentifier() else class_name)

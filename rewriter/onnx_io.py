@@ -12,7 +12,7 @@ from onnx import external_data_helper
 
 from .errors import InputError, describe
 from .naming import assign_unique_names
-from .passes.weights import light_copy, with_weights
+from .passes.weights import LightModel, hold_apart, light_copy
 
 _FIX_REEXPORT = "check that the file is a complete ONNX model (re-export or re-download it)"
 
@@ -68,12 +68,13 @@ def parse_onnx(data: bytes, origin: str = "input") -> onnx.ModelProto:
     return model
 
 
-def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, list[str]]]:
+def normalize(model: onnx.ModelProto) -> tuple[LightModel, dict[str, list[str]]]:
     """Check the model, inline its local functions, and give every node a readable unique name.
 
     Naming happens here, on the protobuf, because it reads exporter metadata that later
-    graph tooling does not keep. Returns the new model and the reused torch modules found
-    (see :func:`rewriter.naming.assign_unique_names`).
+    graph tooling does not keep. Returns the new model, its large weights read from
+    ``model`` (not copied), and the reused torch modules found (see
+    :func:`rewriter.naming.assign_unique_names`).
     """
     newest = onnx.defs.onnx_opset_version()
     for opset in model.opset_import:
@@ -93,6 +94,6 @@ def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, list[s
                          fix="repair or re-export the model; `python -m onnx.checker` shows details") from exc
     if light.functions:
         light = onnx.inliner.inline_local_functions(light)
-    model_copy = with_weights(light, large)
-    reused = assign_unique_names(model_copy.graph)
-    return model_copy, reused
+    prepared = hold_apart(light, large)
+    reused = assign_unique_names(prepared.proto.graph)
+    return prepared, reused

@@ -26,7 +26,13 @@ def tensor_from_proto(proto: onnx.TensorProto) -> torch.Tensor:
     array = numpy_helper.to_array(proto)
     if proto.data_type == onnx.TensorProto.BFLOAT16:
         return torch.from_numpy(np.ascontiguousarray(array).astype(np.float32)).to(torch.bfloat16)
-    return torch.from_numpy(np.array(array, copy=True))
+    return tensor_from_array(array)
+
+
+def tensor_from_array(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``array``'s memory when it is writable; else a copy (ONNX reads
+    read-only views of protobuf's bytes)."""
+    return torch.from_numpy(array if array.flags.writeable else np.array(array, copy=True))
 
 
 def attribute_value(attr: onnx.AttributeProto) -> Any:

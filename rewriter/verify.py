@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import onnx
@@ -31,6 +31,9 @@ import torch.fx as fx
 
 from .errors import InputError, ShapRewriteError, VerificationError, describe
 from .passes.weights import ort_session
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
 
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.float64: (1e-7, 1e-6),
@@ -92,11 +95,12 @@ class OnnxRunner:
     the engine used. A fixed leading dim is honoured by running in chunks.
 
     The engine is loaded at the first run, so problems the import can name precisely (an
-    unsupported op) are reported before the engine's view of them.
+    unsupported op) are reported before the engine's view of them. ``held`` gives values of
+    large initializers already read from ``model`` (see ``passes.weights.ort_session``).
     """
 
-    def __init__(self, model: onnx.ModelProto, of: str = "") -> None:
-        self.model, self._of = model, of
+    def __init__(self, model: onnx.ModelProto, of: str = "", held: Mapping[str, gs.Constant] | None = None) -> None:
+        self.model, self._of, self._held = model, of, held
         self.label = f"onnxruntime{of}"
         initializers = {i.name for i in model.graph.initializer}
         declared = [vi for vi in model.graph.input if vi.name not in initializers]
@@ -111,7 +115,7 @@ class OnnxRunner:
         options = ort.SessionOptions()
         options.log_severity_level = 4  # failures surface as our typed errors, not log lines
         try:
-            return ort_session(self.model, options)
+            return ort_session(self.model, options, held=self._held)
         except Exception as exc:  # onnxruntime raises its own exception types
             failure = exc
         try:

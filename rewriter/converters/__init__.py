@@ -8,8 +8,11 @@ the node through ``ctx`` and returns the node's outputs in order.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
+
+import torch
+from torch import nn
 
 CONVERTERS: dict[str, Callable[[Any], Any]] = {}
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -28,6 +31,24 @@ def converter(*op_types: str) -> Callable:
             CONVERTERS[op] = fn
         return fn
     return register
+
+
+def layer(cls: type[nn.Module], *args, weights: Mapping[str, torch.Tensor], **kwargs) -> nn.Module:
+    """``cls(*args, **kwargs)`` whose parameters and buffers are ``weights`` (by name), zero
+    where not given. The layer holds the tensors themselves, not copies: a weight shares its
+    memory with the graph's initializer (a large model is not held twice, and a saved
+    artifact stores it once), and no random initialisation is spent on values replaced.
+    """
+    module = nn.utils.skip_init(cls, *args, **kwargs)
+    for name, value in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+        given = weights.get(name)
+        if given is None:
+            value.data.zero_()
+        elif isinstance(value, nn.Parameter):
+            setattr(module, name, nn.Parameter(given.to(value.dtype), requires_grad=value.requires_grad))
+        else:
+            setattr(module, name, given.to(value.dtype))
+    return module
 
 
 # Importing the families fills the registry.

@@ -10,7 +10,7 @@ from torch import nn
 
 from .. import functional, modules
 from ..passes.graph import DOMAIN
-from . import converter
+from . import converter, layer
 
 _SELU_ALPHA = 1.6732632423543772
 _SELU_GAMMA = 1.0507009873554805
@@ -109,9 +109,8 @@ def prelu(ctx):
     per_channel = rank >= 2 and slope.dim() in (rank - 1, 1) and slope.shape[0] == squeezed.numel() \
         and all(d == 1 for d in slope.shape[1:]) and (slope.dim() == rank - 1 or rank == 2)
     if squeezed.numel() == 1 or per_channel:
-        module = nn.PReLU(num_parameters=squeezed.numel())
-        module.weight.data.copy_(squeezed.float())
-        return leaf(ctx, module.to(slope.dtype))
+        return leaf(ctx, layer(nn.PReLU, num_parameters=squeezed.numel(), dtype=slope.dtype,
+                               weights={"weight": squeezed}))
     return leaf(ctx, modules.PRelu(slope.clone()))
 
 

@@ -12,7 +12,7 @@ from .. import dims, functional, modules
 from ..dims import Dims
 from ..onnx_values import ONNX_TO_TORCH_DTYPE
 from ..passes.graph import DOMAIN
-from . import converter
+from . import converter, layer
 
 
 def operand(ctx, i: int, other: int):
@@ -57,10 +57,10 @@ def _bias_into_linear(ctx):
     """``Linear(x) + bias`` as exporters write an N-d linear layer (MatMul, then Add): the bias
     goes into the Linear the MatMul became, when nothing else reads the MatMul's result."""
     for data, constant in ((0, 1), (1, 0)):
-        layer, bias = ctx.submodule(ctx.input(data)), ctx.const(constant)
-        if (isinstance(layer, nn.Linear) and layer.bias is None and bias is not None and ctx.readers(data) == 1
-                and bias.dim() == 1 and bias.numel() == layer.out_features and bias.dtype == layer.weight.dtype):
-            layer.bias = nn.Parameter(bias.clone())
+        linear, bias = ctx.submodule(ctx.input(data)), ctx.const(constant)
+        if (isinstance(linear, nn.Linear) and linear.bias is None and bias is not None and ctx.readers(data) == 1
+                and bias.dim() == 1 and bias.numel() == linear.out_features and bias.dtype == linear.weight.dtype):
+            linear.bias = nn.Parameter(bias)
             return ctx.input(data)
     return None
 
@@ -197,9 +197,8 @@ def cast_like(ctx):
 def matmul(ctx):
     weight = ctx.const(1)
     if weight is not None and weight.dim() == 2 and ctx.const(0) is None and weight.is_floating_point():
-        linear = nn.Linear(weight.shape[0], weight.shape[1], bias=False, dtype=weight.dtype)
-        linear.weight.data.copy_(weight.t())
-        return ctx.module(linear, ctx.input(0))
+        return ctx.module(layer(nn.Linear, weight.shape[0], weight.shape[1], bias=False, dtype=weight.dtype,
+                                weights={"weight": weight.t()}), ctx.input(0))
     return ctx.call(torch.matmul, ctx.input(0), ctx.input(1))
 
 

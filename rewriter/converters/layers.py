@@ -10,7 +10,7 @@ from torch import nn
 
 from .. import functional, modules
 from ..passes.graph import DOMAIN
-from . import converter
+from . import converter, layer
 
 
 def spatial_padding(ctx, kernel: list[int], strides: list[int], dilations: list[int]):
@@ -78,13 +78,10 @@ def conv(ctx):
         x = ctx.call(F.pad, x, extra)
     if weight is None or dynamic_bias:
         return ctx.call(_CONV_F[n], x, ctx.input(1), ctx.input(2), strides, padding, dilations, groups)
-    layer = _CONV[n](weight.shape[1] * groups, weight.shape[0], kernel_size=tuple(weight.shape[2:]),
-                     stride=strides, padding=padding, dilation=dilations, groups=groups,
-                     bias=bias is not None, dtype=weight.dtype)
-    layer.weight.data.copy_(weight)
-    if bias is not None:
-        layer.bias.data.copy_(bias)
-    return ctx.module(layer, x)
+    conv_layer = layer(_CONV[n], weight.shape[1] * groups, weight.shape[0], kernel_size=tuple(weight.shape[2:]),
+                       stride=strides, padding=padding, dilation=dilations, groups=groups, bias=bias is not None,
+                       dtype=weight.dtype, weights={"weight": weight, "bias": bias})
+    return ctx.module(conv_layer, x)
 
 
 _CONV_T_F = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -130,13 +127,10 @@ def conv_transpose(ctx):
         y = ctx.call(_CONV_T_F[n], ctx.input(0), ctx.input(1), ctx.input(2), strides, padding, output_padding,
                      groups, dilations)
     else:
-        layer = _CONV_T[n](shape[0], shape[1] * groups, kernel_size=tuple(kernel), stride=strides, padding=padding,
-                           output_padding=output_padding, groups=groups, bias=bias is not None, dilation=dilations,
-                           dtype=weight.dtype)
-        layer.weight.data.copy_(weight)
-        if bias is not None:
-            layer.bias.data.copy_(bias)
-        y = ctx.module(layer, ctx.input(0))
+        y = ctx.module(layer(_CONV_T[n], shape[0], shape[1] * groups, kernel_size=tuple(kernel), stride=strides,
+                             padding=padding, output_padding=output_padding, groups=groups, bias=bias is not None,
+                             dilation=dilations, dtype=weight.dtype, weights={"weight": weight, "bias": bias}),
+                       ctx.input(0))
     if symmetric:
         return y
     # Asymmetric pads remove that many outputs from each end of each spatial dim.
@@ -159,15 +153,14 @@ def gemm(ctx):
         if c is not None:
             y = ctx.call(torch.add, y, ctx.call(torch.mul, c, beta) if beta != 1.0 else c)
         return y
-    weight = alpha * (b if trans_b else b.t())
+    weight = b if trans_b else b.t()
+    weight = weight if alpha == 1.0 else alpha * weight
     n_out = weight.shape[0]
     c_const = ctx.const(2)
     bias_fits = c_const is not None and c_const.numel() in (1, n_out) and (c_const.dim() < 2 or c_const.shape[0] == 1)
-    linear = nn.Linear(weight.shape[1], n_out, bias=bias_fits, dtype=weight.dtype)
-    linear.weight.data.copy_(weight)
-    if bias_fits:
-        linear.bias.data.copy_((beta * c_const).reshape(-1).expand(n_out))
-    y = ctx.module(linear, a)
+    bias = (beta * c_const).reshape(-1).expand(n_out).clone() if bias_fits else None
+    y = ctx.module(layer(nn.Linear, weight.shape[1], n_out, bias=bias_fits, dtype=weight.dtype,
+                         weights={"weight": weight, "bias": bias}), a)
     if c is not None and not bias_fits:
         y = ctx.call(torch.add, y, ctx.call(torch.mul, c, beta) if beta != 1.0 else c)
     return y
@@ -186,13 +179,9 @@ def batch_norm(ctx):
     if any(t is None for t in (scale, shift, mean, var)) or rank not in _BATCH_NORM:
         return ctx.call(F.batch_norm, ctx.input(0), ctx.input(3), ctx.input(4), ctx.input(1), ctx.input(2),
                         False, 0.0, eps)
-    layer = _BATCH_NORM[rank](scale.numel(), eps=eps, dtype=scale.dtype)
-    layer.weight.data.copy_(scale)
-    layer.bias.data.copy_(shift)
-    layer.running_mean.copy_(mean)
-    layer.running_var.copy_(var)
-    layer.eval()
-    return ctx.module(layer, ctx.input(0))
+    norm = layer(_BATCH_NORM[rank], scale.numel(), eps=eps, dtype=scale.dtype,
+                 weights={"weight": scale, "bias": shift, "running_mean": mean, "running_var": var})
+    return ctx.module(norm.eval(), ctx.input(0))
 
 
 @converter("LayerNormalization")
@@ -207,11 +196,8 @@ def layer_norm(ctx):
     shape = ctx.info(0).shape[axis:]
     ctx.require(tuple(scale.shape) == tuple(shape),
                 "LayerNormalization whose scale does not match the normalised shape is not supported")
-    layer = nn.LayerNorm(tuple(scale.shape), eps=eps, bias=bias is not None, dtype=scale.dtype)
-    layer.weight.data.copy_(scale)
-    if bias is not None:
-        layer.bias.data.copy_(bias)
-    return ctx.module(layer, ctx.input(0))
+    return ctx.module(layer(nn.LayerNorm, tuple(scale.shape), eps=eps, bias=bias is not None, dtype=scale.dtype,
+                            weights={"weight": scale, "bias": bias}), ctx.input(0))
 
 
 _INSTANCE_NORM = {3: nn.InstanceNorm1d, 4: nn.InstanceNorm2d, 5: nn.InstanceNorm3d}
@@ -222,10 +208,8 @@ def instance_norm(ctx):
     scale, bias = ctx.require_const(1, "the InstanceNormalization scale"), ctx.require_const(2, "its bias")
     rank = ctx.rank(0)
     ctx.require(rank in _INSTANCE_NORM, f"InstanceNormalization of a rank-{rank} input is not supported")
-    layer = _INSTANCE_NORM[rank](scale.numel(), eps=ctx.attr("epsilon", 1e-5), affine=True, dtype=scale.dtype)
-    layer.weight.data.copy_(scale)
-    layer.bias.data.copy_(bias)
-    return ctx.module(layer, ctx.input(0))
+    return ctx.module(layer(_INSTANCE_NORM[rank], scale.numel(), eps=ctx.attr("epsilon", 1e-5), affine=True,
+                            dtype=scale.dtype, weights={"weight": scale, "bias": bias}), ctx.input(0))
 
 
 @converter("GroupNormalization")
@@ -239,10 +223,8 @@ def group_norm(ctx):
         # Opset 18 gave one scale per group; spread it over the group's channels.
         scale = scale.repeat_interleave(channels // groups)
         bias = bias.repeat_interleave(channels // groups)
-    layer = nn.GroupNorm(groups, channels, eps=ctx.attr("epsilon", 1e-5), dtype=scale.dtype)
-    layer.weight.data.copy_(scale)
-    layer.bias.data.copy_(bias)
-    return ctx.module(layer, ctx.input(0))
+    return ctx.module(layer(nn.GroupNorm, groups, channels, eps=ctx.attr("epsilon", 1e-5), dtype=scale.dtype,
+                            weights={"weight": scale, "bias": bias}), ctx.input(0))
 
 
 @converter(f"{DOMAIN}.Standardize")
