@@ -98,14 +98,6 @@ class LightModel:
     held: dict[str, gs.Constant]
 
 
-class _OwnedValues(gs.ir.tensor.LazyValues):
-    """Values read when first needed into an array of their own: ONNX reads a read-only view
-    of protobuf's bytes, which the imported module could not share."""
-
-    def load(self) -> np.ndarray:
-        return np.array(super().load(), copy=True)
-
-
 def hold_apart(light: onnx.ModelProto, large: list[onnx.TensorProto]) -> LightModel:
     """The inverse of ``light_copy(..., as_inputs=True)`` without copying the weights: in place,
     the inputs ``large`` became are placeholders again, and the constants read ``large``."""
@@ -114,7 +106,7 @@ def hold_apart(light: onnx.ModelProto, large: list[onnx.TensorProto]) -> LightMo
     del light.graph.input[:]
     light.graph.input.extend(kept)
     light.graph.initializer.extend(_placeholder(t.name, t.data_type, t.dims) for t in large)
-    return LightModel(light, {t.name: gs.Constant(t.name, _OwnedValues(t)) for t in large})
+    return LightModel(light, {t.name: gs.Constant(t.name, gs.ir.tensor.LazyValues(t)) for t in large})
 
 
 def _type_and_size(constant: gs.Constant) -> tuple[int, int] | None:

@@ -207,8 +207,13 @@ def compare(result: list[torch.Tensor], reference: list[torch.Tensor], names: Se
         diff = torch.where(same, torch.zeros_like(g), (g - w).abs())
         diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
         max_abs = float(diff.max()) if diff.numel() else 0.0
-        scale = float(w.abs().nan_to_num(0.0, 0.0, 0.0).max()) if w.numel() else 0.0
-        ok = bool((diff <= atol + rtol * w.abs().nan_to_num(0.0, 0.0, 0.0)).all()) if w.numel() else True
+        magnitude = w.abs().nan_to_num(0.0, 0.0, 0.0)
+        scale = float(magnitude.max()) if w.numel() else 0.0
+        # A sum of many terms rounds relative to its terms, not to its result: where terms
+        # cancel (an output near zero of a 17,000-wide layer), float32 differs by ~1e-6 of
+        # the output's scale. A tenth of ``rtol`` of the scale allows that and no real error.
+        bound = atol + rtol * magnitude + rtol / 10 * scale
+        ok = bool((diff <= bound).all()) if w.numel() else True
         diffs.append({**entry, "max_abs": max_abs, "max_rel": max_abs / scale if scale > 0 else max_abs, "ok": ok})
     return diffs
 
