@@ -11,7 +11,14 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import rewriter
-from rewriter.passes.weights import LARGE_BYTES, export_light, hold_apart, import_light, light_copy, ort_session
+from rewriter.passes.weights import (
+    LARGE_BYTES,
+    export_light,
+    hold_apart,
+    import_light,
+    light_copy,
+    ort_session,
+)
 
 WIDTH = 640  # a 640 x 640 float32 weight is 1.6 MB, over LARGE_BYTES
 RNG = np.random.default_rng(0)
