@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..naming import fresh_name
+
 
 @dataclass(frozen=True)
 class PassOptions:
@@ -75,9 +77,4 @@ def replace_each(graph: gs.Graph, name: str, rewrite: Callable[[gs.Node], list[s
 
 def unique_node_name(graph: gs.Graph, base: str) -> str:
     """A node name not yet used in ``graph``."""
-    taken = {n.name for n in graph.nodes}
-    name, k = base, 1
-    while name in taken:
-        name = f"{base}_{k}"
-        k += 1
-    return name
+    return fresh_name(base, {n.name for n in graph.nodes}.__contains__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from .base import PassOptions, PassResult
-from .graph import const_value, producer
+from .graph import bypass, const_value, producer
 
 _NEUTRAL = {"Mul": 1.0, "Div": 1.0, "Add": 0.0, "Sub": 0.0}
 
@@ -37,13 +37,8 @@ def drop_identities(graph: gs.Graph, options: PassOptions) -> PassResult:
     for node in list(graph.nodes):
         if not _passes_through(node) or node.outputs[0] in graph.outputs:
             continue
-        source, target = node.inputs[0], node.outputs[0]
-        for consumer in list(target.outputs):
-            for i, tensor in enumerate(consumer.inputs):
-                if tensor is target:
-                    consumer.inputs[i] = source
-        node.inputs.clear()
-        node.outputs.clear()
+        source = node.inputs[0]
+        bypass(node, source)
         dropped.add(id(node))
         result.removed.append(node.name)
         upstream = producer(source)

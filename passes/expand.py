@@ -16,6 +16,7 @@ import onnx
 import onnx.inliner
 import onnx_graphsurgeon as gs
 
+from ..naming import fresh_name
 from .base import PassOptions, PassResult
 from .functions import attach_functions
 from .weights import adopt, export_light
@@ -139,9 +140,7 @@ def _name_expanded_nodes(graph: onnx.GraphProto, calls: list[str], taken: set[st
             continue
         computed = _CALL_SUFFIX.sub("", node.output[0] if node.output else node.op_type)
         base = f"{current}_{computed}"
-        name, k = base, 1
-        while name in taken:
-            name, k = f"{base}_{k}", k + 1
+        name = fresh_name(base, taken.__contains__)
         taken.add(name)
         node.name = name
         named.append(name)

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..naming import fresh_name
+
 # Fused ops that ONNX has no standard op for (or not at every opset) live in this domain,
 # each as a model-local function (see passes/functions.py).
 DOMAIN = "shaprewrite"
@@ -108,10 +110,7 @@ class Builder:
         self._taken = {n.name for n in graph.nodes}
 
     def _name(self, wanted: str) -> str:
-        name, k = wanted, 1
-        while name in self._taken:
-            name = f"{wanted}_{k}"
-            k += 1
+        name = fresh_name(wanted, self._taken.__contains__)
         self._taken.add(name)
         return name
 
@@ -157,6 +156,25 @@ class Builder:
         """``min(a, b) = a - Relu(a - b)``."""
         return self.node("Sub", [a, self.node("Relu", [self.node("Sub", [a, b], f"{suffix}_diff")], suffix)],
                          f"{suffix}_sub")
+
+
+def bypass(node: gs.Node, source: gs.Tensor) -> None:
+    """Take ``node`` out of the graph: what read its first output reads ``source`` instead."""
+    target = node.outputs[0]
+    for consumer in list(target.outputs):
+        for i, tensor in enumerate(consumer.inputs):
+            if tensor is target:
+                consumer.inputs[i] = source
+    node.inputs.clear()
+    node.outputs.clear()
+
+
+def softmax_axis(axis: int | None, opset: int) -> int:
+    """The axis of a Softmax/LogSoftmax/Hardmax: its ``axis`` attribute, else the default,
+    which opset 13 changed from 1 (all dims from 1 on) to -1."""
+    if axis is not None:
+        return axis
+    return -1 if opset >= 13 else 1
 
 
 def replace_output(node: gs.Node) -> gs.Variable:

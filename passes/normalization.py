@@ -17,7 +17,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .base import PassOptions, PassResult, replace_each
-from .graph import DOMAIN, Builder, const_value, float_dtype, is_float, replace_output
+from .graph import DOMAIN, Builder, const_value, float_dtype, is_float, replace_output, softmax_axis
 
 
 def _normalize(b: Builder, x: gs.Tensor, axes: list[int], eps: float) -> gs.Tensor:
@@ -167,7 +167,7 @@ def _decompose_log_softmax(graph: gs.Graph, node: gs.Node) -> list[str] | None:
         return None
     rank = len(x.shape)
     opset = graph.opset or 13
-    axis = node.attrs.get("axis", -1 if opset >= 13 else 1)
+    axis = softmax_axis(node.attrs.get("axis"), opset)
     axis = axis + rank if axis < 0 else axis
     if (opset < 13 and axis != rank - 1) or axis == 0 or not isinstance(x.shape[axis], int):
         return None

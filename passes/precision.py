@@ -14,6 +14,7 @@ import onnx_graphsurgeon as gs
 from onnx import TensorProto, numpy_helper
 
 from .base import PassOptions, PassResult
+from .graph import bypass
 from .weights import export_light
 
 HALF_TYPES = {TensorProto.FLOAT16, TensorProto.BFLOAT16}
@@ -84,12 +85,7 @@ def _drop_float_casts(graph: gs.Graph) -> list[str]:
         source = node.inputs[0]
         if getattr(source, "dtype", None) is None or np.dtype(source.dtype) != np.float32:
             continue
-        for consumer in list(node.outputs[0].outputs):
-            for i, tensor in enumerate(consumer.inputs):
-                if tensor is node.outputs[0]:
-                    consumer.inputs[i] = source
-        node.inputs.clear()
-        node.outputs.clear()
+        bypass(node, source)
         removed.append(node.name)
     graph.cleanup()
     return removed

@@ -24,7 +24,7 @@ from .converters import CONVERTERS, STANDARD_DOMAINS, op_key
 from .dims import Dims, items_of
 from .errors import ConversionError, UnsupportedOpError
 from .modules import is_linear_layer, keeps_meaning_when_batch_moves
-from .naming import sanitize
+from .naming import fresh_name, sanitize
 from .onnx_values import ONNX_TO_TORCH_DTYPE, attribute_value, tensor_from_proto
 from .passes.graph import leading_batch
 from .passes.weights import light_copy
@@ -241,10 +241,7 @@ class Importer:
             self._tensor_names.setdefault(id(value), name)
 
     def _unique_attr(self, base: str) -> str:
-        name, k = base, 1
-        while name in self._attr_names or hasattr(self.root, name):
-            name = f"{base}_{k}"
-            k += 1
+        name = fresh_name(base, lambda name: name in self._attr_names or hasattr(self.root, name))
         self._attr_names.add(name)
         return name
 

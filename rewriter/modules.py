@@ -110,34 +110,6 @@ class Clip(Elementwise):
         return f"min={self.min}, max={self.max}"
 
 
-class HardSigmoid(Elementwise):
-    """ONNX HardSigmoid ``max(0, min(1, alpha*x + beta))`` for any alpha and beta."""
-
-    def __init__(self, alpha: float = 0.2, beta: float = 0.5) -> None:
-        super().__init__()
-        self.alpha, self.beta = alpha, beta
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(self.alpha * x + self.beta, 0.0, 1.0)
-
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, beta={self.beta}"
-
-
-class Selu(Elementwise):
-    """ONNX Selu with arbitrary alpha and gamma (``nn.SELU`` fixes both)."""
-
-    def __init__(self, alpha: float, gamma: float) -> None:
-        super().__init__()
-        self.alpha, self.gamma = alpha, gamma
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gamma * torch.where(x > 0, x, self.alpha * torch.expm1(x))
-
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, gamma={self.gamma}"
-
-
 class ThresholdedRelu(Elementwise):
     """ONNX ThresholdedRelu: ``x`` where ``x > alpha``, else 0."""
 
@@ -166,17 +138,6 @@ class Shrink(Elementwise):
 
     def extra_repr(self) -> str:
         return f"bias={self.bias}, lambd={self.lambd}"
-
-
-class PRelu(Elementwise):
-    """ONNX PRelu with a slope tensor of any broadcastable shape."""
-
-    def __init__(self, slope: torch.Tensor) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(slope)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.where(x >= 0, x, x * self.weight)
 
 
 def _subclasses(base: type) -> list[type]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import keyword
 import re
+from collections.abc import Callable
 
 import onnx
 
@@ -98,6 +99,14 @@ def _source(node: onnx.NodeProto, written: set[str]) -> _Source:
             or _Source("", node.name or node.op_type, False, True))
 
 
+def fresh_name(base: str, taken: Callable[[str], bool], start: int = 0) -> str:
+    """The first of ``base``, ``base_1``, ``base_2``... (from suffix ``start``) not ``taken``."""
+    k = start
+    while taken(name := base if k == 0 else f"{base}_{k}"):
+        k += 1
+    return name
+
+
 def assign_unique_names(graph: onnx.GraphProto) -> dict[str, list[str]]:
     """Rename every node of ``graph`` in place to a readable name that no other node has.
 
@@ -125,12 +134,9 @@ def assign_unique_names(graph: onnx.GraphProto) -> dict[str, list[str]]:
     taken: set[str] = set()
     counts: dict[str, int] = {}
     for node, base in zip(graph.node, bases):
-        k = counts.get(base, 0)
-        name = base if k == 0 else f"{base}_{k}"
-        while name in taken:
-            k += 1
-            name = f"{base}_{k}"
-        counts[base] = k + 1
+        # Counting calls per base keeps the search short in graphs with thousands of nodes.
+        name = fresh_name(base, taken.__contains__, counts.get(base, 0))
+        counts[base] = counts.get(base, 0) + 1
         taken.add(name)
         node.name = name
     calls: dict[str, list[str]] = {}

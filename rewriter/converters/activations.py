@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import functools
-import math
+import operator
 
 import torch
 from torch import nn
 
 from .. import functional, modules
-from ..passes.graph import DOMAIN
-from . import converter, layer
-
-_SELU_ALPHA = 1.6732632423543772
-_SELU_GAMMA = 1.0507009873554805
+from ..passes.graph import DOMAIN, softmax_axis
+from . import converter
 
 
 def leaf(ctx, module: nn.Module):
@@ -56,30 +53,9 @@ def elu(ctx):
     return leaf(ctx, nn.ELU(ctx.attr("alpha", 1.0)))
 
 
-@converter("Celu")
-def celu(ctx):
-    return leaf(ctx, nn.CELU(ctx.attr("alpha", 1.0)))
-
-
-@converter("Selu")
-def selu(ctx):
-    alpha, gamma = ctx.attr("alpha", _SELU_ALPHA), ctx.attr("gamma", _SELU_GAMMA)
-    if math.isclose(alpha, _SELU_ALPHA, rel_tol=1e-6) and math.isclose(gamma, _SELU_GAMMA, rel_tol=1e-6):
-        return leaf(ctx, nn.SELU())
-    return leaf(ctx, modules.Selu(alpha, gamma))
-
-
 @converter("Gelu")
 def gelu(ctx):
     return leaf(ctx, nn.GELU(approximate=ctx.attr("approximate", "none")))
-
-
-@converter("HardSigmoid")
-def hard_sigmoid(ctx):
-    alpha, beta = ctx.attr("alpha", 0.2), ctx.attr("beta", 0.5)
-    if math.isclose(alpha, 1 / 6, rel_tol=1e-6) and beta == 0.5:
-        return leaf(ctx, nn.Hardsigmoid())
-    return leaf(ctx, modules.HardSigmoid(alpha, beta))
 
 
 @converter("ThresholdedRelu")
@@ -94,7 +70,7 @@ def shrink(ctx):
 
 @converter("Hardmax")
 def hardmax(ctx):
-    axis = ctx.attr("axis", -1 if ctx.opset >= 13 else 1)
+    axis = softmax_axis(ctx.attr("axis"), ctx.opset)
     ctx.require(ctx.opset >= 13 or axis in (-1, ctx.rank(0) - 1),
                 "Hardmax over several trailing dims (opset < 13) is not supported", "re-export with opset 13 or newer")
     return ctx.call(functional.onnx_hardmax, ctx.input(0), axis)
@@ -102,16 +78,10 @@ def hardmax(ctx):
 
 @converter("PRelu")
 def prelu(ctx):
-    slope = ctx.require_const(1, "the PRelu slope")
-    rank = ctx.rank(0)
-    squeezed = slope.reshape(-1)
-    # nn.PReLU holds one slope, or one per channel (dim 1); anything else keeps its shape.
-    per_channel = rank >= 2 and slope.dim() in (rank - 1, 1) and slope.shape[0] == squeezed.numel() \
-        and all(d == 1 for d in slope.shape[1:]) and (slope.dim() == rank - 1 or rank == 2)
-    if squeezed.numel() == 1 or per_channel:
-        return leaf(ctx, layer(nn.PReLU, num_parameters=squeezed.numel(), dtype=slope.dtype,
-                               weights={"weight": squeezed}))
-    return leaf(ctx, modules.PRelu(slope.clone()))
+    """Integer PRelu (opset 16): float ones are rewritten with ReLUs before import
+    (``passes.activations``), so this form needs no explainer rule."""
+    x = ctx.input(0)
+    return ctx.call(torch.where, ctx.call(operator.ge, x, 0), x, ctx.call(operator.mul, x, ctx.input(1)))
 
 
 @converter("Clip")
@@ -135,8 +105,7 @@ def clip(ctx):
 
 
 def _softmax_axis(ctx) -> int:
-    default = -1 if ctx.opset >= 13 else 1
-    axis = ctx.attr("axis", default)
+    axis = softmax_axis(ctx.attr("axis"), ctx.opset)
     if ctx.opset < 13:
         # Before opset 13 softmax ran over all dims from `axis` on; same thing when
         # `axis` is the last dim.
