@@ -107,7 +107,8 @@ class Builder:
     def __init__(self, graph: gs.Graph, base: str, dtype=np.float32) -> None:
         self.graph, self.base, self.dtype = graph, base, dtype
         self.added: list[str] = []
-        self._taken = {n.name for n in graph.nodes}
+        # Constants are named like nodes: a name must be new among both.
+        self._taken = {n.name for n in graph.nodes} | set(graph.tensors())
 
     def _name(self, wanted: str) -> str:
         name = fresh_name(wanted, self._taken.__contains__)
