@@ -171,6 +171,11 @@ def scaling(sizes: list[int]) -> dict:
 
 
 def _peak_rss_mb() -> float:
+    # VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across exec, so a process
+    # started by a large parent reports the parent's peak.
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
