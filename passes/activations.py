@@ -310,7 +310,7 @@ def _clip_bounds(node: gs.Node) -> tuple[float | None, float | None] | None:
 
 def _decompose(graph: gs.Graph, node: gs.Node) -> list[str] | None:
     """Rewrite one node in place; the names of the added nodes, or None to leave it."""
-    if node.op not in _DECOMPOSED or not node.inputs or not is_float(node.inputs[0]):
+    if node.op not in DECOMPOSED or not node.inputs or not is_float(node.inputs[0]):
         return None
     x = node.inputs[0]
     b = Builder(graph, node.name, float_dtype(x))
@@ -346,7 +346,8 @@ def _decompose(graph: gs.Graph, node: gs.Node) -> list[str] | None:
     return b.added
 
 
-_DECOMPOSED = {"Selu", "Celu", "Clip", "HardSigmoid", "PRelu", "Abs"}
+# Ops this pass writes with ReLU/ELU: they need no converter (expand_function_ops leaves them).
+DECOMPOSED = {"Selu", "Celu", "Clip", "HardSigmoid", "PRelu", "Abs"}
 
 
 def decompose_activations(graph: gs.Graph, options: PassOptions) -> PassResult:

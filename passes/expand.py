@@ -17,6 +17,7 @@ import onnx.inliner
 import onnx_graphsurgeon as gs
 
 from ..naming import fresh_name
+from .activations import DECOMPOSED
 from .base import PassOptions, PassResult
 from .functions import attach_functions
 from .weights import adopt, export_light
@@ -31,7 +32,8 @@ def expand_function_ops(graph: gs.Graph, options: PassOptions) -> PassResult:
     (when it defines one); its nodes are named after the op they expand."""
     from ..converters import CONVERTERS  # the converters import passes.graph: import on use
 
-    wanted = sorted({n.op for n in graph.nodes if (n.domain or "") in _STANDARD and n.op not in CONVERTERS})
+    wanted = sorted({n.op for n in graph.nodes if (n.domain or "") in _STANDARD and n.op not in CONVERTERS
+                     and n.op not in DECOMPOSED})
     result = PassResult("expand_function_ops")
     if not wanted:
         return result

@@ -22,3 +22,11 @@ def test_an_op_with_a_converter_is_not_expanded():
     model = build([helper.make_node("Softplus", ["x"], ["y"])], {"x": ["n", 4]})
     _, result, ops = apply(expand_function_ops, model)
     assert ops == ["Softplus"] and result.count == 0
+
+
+def test_an_op_a_later_pass_rewrites_is_not_expanded():
+    """Selu has no converter, but decompose_activations writes it exactly with an ELU; its
+    ONNX body (Exp, Where) would leave products no explainer rule covers."""
+    model = build([helper.make_node("Selu", ["x"], ["y"])], {"x": ["n", 4]})
+    _, result, ops = apply(expand_function_ops, model)
+    assert ops == ["Selu"] and result.count == 0
