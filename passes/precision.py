@@ -15,7 +15,7 @@ from onnx import TensorProto, numpy_helper
 
 from .base import PassOptions, PassResult
 from .graph import bypass
-from .weights import export_light
+from .weights import adopt, export_light
 
 HALF_TYPES = {TensorProto.FLOAT16, TensorProto.BFLOAT16}
 # Attributes that name an element type.
@@ -102,8 +102,7 @@ def upcast_half_precision(graph: gs.Graph, options: PassOptions) -> PassResult:
     model = gs.export_onnx(graph, do_type_check=False)  # the upcast needs the weights' values
     half_inputs = [vi.name for vi in model.graph.input if vi.type.tensor_type.elem_type in HALF_TYPES]
     result.changed = half_inputs + upcast_model(model)
-    upcast = gs.import_onnx(model)
-    graph.nodes, graph.inputs, graph.outputs = upcast.nodes, upcast.inputs, upcast.outputs
+    adopt(graph, model, {})
     refresh_shapes(graph)
     result.removed = _drop_float_casts(graph)
     graph.cleanup()
