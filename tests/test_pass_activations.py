@@ -56,7 +56,7 @@ def test_selu_celu_and_hard_sigmoid_are_written_with_elu_and_relu():
     model = build(nodes, X, opset=17)
     after, result, ops = apply(decompose_activations, model)
     assert not {"Selu", "Celu", "HardSigmoid"} & set(ops) and {"Elu", "Relu"} <= set(ops)
-    assert result.removed == [n.name for n in model.graph.node] or len(result.removed) == 3
+    assert len(result.removed) == 3
     same_outputs(model, after, {"x": randn(4, 6) * 3})
 
 
