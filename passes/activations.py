@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
-from .base import PassOptions, PassResult, replace_each, unique_node_name
+from ..naming import fresh_name
+from .base import PassOptions, PassResult, replace_each
 from .graph import (
     DOMAIN,
     Builder,
@@ -106,38 +108,64 @@ def _is_cube_of(tensor: gs.Tensor, x: gs.Tensor) -> bool:
     return False
 
 
-Match = tuple[gs.Tensor, str, dict, list[gs.Node]]  # (x, fused op, attrs, pattern nodes, last = output)
+@dataclass(frozen=True)
+class Fusion:
+    """A split activation found: ``op`` of ``x`` computes what ``nodes`` compute; the last
+    of them writes the result."""
+
+    x: gs.Tensor
+    op: str
+    nodes: list[gs.Node]
 
 
-def _match_silu(node: gs.Node) -> Match | None:
+@dataclass(frozen=True)
+class Declined:
+    """A near-match: the pattern's core is there, but the graph around it computes
+    something else. Reported by the core node's name, so a user can see why it stayed split."""
+
+    reason: str
+
+
+Match = Fusion | Declined | None  # None: the node does not start this pattern at all
+
+
+def _match_silu(node: gs.Node) -> Match:
     if node.op != "Sigmoid":
         return None
     x = node.inputs[0]
     tail = _times_x(node.outputs[0], x)
-    return (x, "Silu", {}, [node, *tail]) if tail else None
+    return Fusion(x, "Silu", [node, *tail]) if tail else None
 
 
-def _match_hardswish(node: gs.Node) -> Match | None:
-    if node.op != "HardSigmoid" or not math.isclose(node.attrs.get("alpha", 0.2), 1 / 6, rel_tol=1e-5) \
-            or not math.isclose(node.attrs.get("beta", 0.5), 0.5):
+def _match_hardswish(node: gs.Node) -> Match:
+    if node.op != "HardSigmoid":
         return None
     x = node.inputs[0]
     tail = _times_x(node.outputs[0], x)
-    return (x, "HardSwish", {}, [node, *tail]) if tail else None
+    if not tail:
+        return None
+    alpha, beta = node.attrs.get("alpha", 0.2), node.attrs.get("beta", 0.5)
+    if not math.isclose(alpha, 1 / 6, rel_tol=1e-5) or not math.isclose(beta, 0.5):
+        return Declined(f"HardSigmoid(alpha={alpha:g}, beta={beta:g}) times x is HardSwish only at alpha 1/6, beta 1/2")
+    return Fusion(x, "HardSwish", [node, *tail])
 
 
-def _match_mish(node: gs.Node) -> Match | None:
+def _match_mish(node: gs.Node) -> Match:
     if node.op != "Tanh":
         return None
     softplus = producer(node.inputs[0])
-    if softplus is None or softplus.op != "Softplus" or only_consumer(softplus.outputs[0]) is not node:
+    if softplus is None or softplus.op != "Softplus":
         return None
     x = softplus.inputs[0]
     tail = _times_x(node.outputs[0], x)
-    return (x, "Mish", {}, [softplus, node, *tail]) if tail else None
+    if not tail:
+        return None
+    if only_consumer(softplus.outputs[0]) is not node:
+        return Declined("x * tanh(softplus(x)) is Mish, but the softplus is also read elsewhere")
+    return Fusion(x, "Mish", [softplus, node, *tail])
 
 
-def _match_gelu_erf(node: gs.Node) -> Match | None:
+def _match_gelu_erf(node: gs.Node) -> Match:
     if node.op != "Erf":
         return None
     x = _divided_by_root2(node.inputs[0])
@@ -145,10 +173,12 @@ def _match_gelu_erf(node: gs.Node) -> Match | None:
     if x is None or add is None or not is_const(other_input(add, node.outputs[0]), 1.0):
         return None
     tail = _half_x_times(add.outputs[0], x)
-    return (x, "GeluErf", {}, [producer(node.inputs[0]), node, add, *tail]) if tail else None
+    if not tail:
+        return Declined("1 + erf(x / sqrt 2) is not multiplied by 0.5 * x alone, so it is not GELU")
+    return Fusion(x, "GeluErf", [producer(node.inputs[0]), node, add, *tail])
 
 
-def _match_gelu_tanh(node: gs.Node) -> Match | None:
+def _match_gelu_tanh(node: gs.Node) -> Match:
     if node.op != "Tanh":
         return None
     scaled = producer(node.inputs[0])
@@ -163,13 +193,15 @@ def _match_gelu_tanh(node: gs.Node) -> Match | None:
     else:
         return None
     add = _consumer(node.outputs[0], "Add")
-    if add is None or not is_const(other_input(add, node.outputs[0]), 1.0):
-        return None
-    tail = _half_x_times(add.outputs[0], x)
-    return (x, "GeluTanh", {}, [scaled, node, add, *tail]) if tail else None
+    tail = _half_x_times(add.outputs[0], x) if add is not None and is_const(other_input(add, node.outputs[0]), 1.0) \
+        else None
+    if not tail:
+        return Declined("tanh(sqrt(2/pi) (x + 0.044715 x^3)) is not followed by 0.5 * x * (1 + .) alone, "
+                        "so it is not GELU")
+    return Fusion(x, "GeluTanh", [scaled, node, add, *tail])
 
 
-def _match_softplus_log(node: gs.Node) -> Match | None:
+def _match_softplus_log(node: gs.Node) -> Match:
     """``log(1 + exp(x))``."""
     if node.op != "Exp":
         return None
@@ -177,10 +209,10 @@ def _match_softplus_log(node: gs.Node) -> Match | None:
     if add is None or not is_const(other_input(add, node.outputs[0]), 1.0):
         return None
     log = _consumer(add.outputs[0], "Log")
-    return (node.inputs[0], "Softplus", {}, [node, add, log]) if log else None
+    return Fusion(node.inputs[0], "Softplus", [node, add, log]) if log else None
 
 
-def _match_softplus_threshold(node: gs.Node) -> Match | None:
+def _match_softplus_threshold(node: gs.Node) -> Match:
     """torch's softplus as the dynamo exporter writes it at beta 1:
     ``where(x*1 > threshold, x, softplus(x*1) / 1)`` (the branches agree to float precision)."""
     if node.op != "Softplus":
@@ -191,15 +223,15 @@ def _match_softplus_threshold(node: gs.Node) -> Match | None:
     if x is None or div is None or not is_const(div.inputs[1], 1.0):
         return None
     where = _consumer(div.outputs[0], "Where")
-    if where is None or where.inputs[1] is not x or where.inputs[2] is not div.outputs[0]:
-        return None
-    greater = producer(where.inputs[0])
-    if greater is None or greater.op != "Greater" or greater.inputs[0] is not node.inputs[0]:
-        return None
-    return (x, "Softplus", {}, [scale, node, div, greater, where])
+    greater = producer(where.inputs[0]) if where is not None else None
+    if where is None or where.inputs[1] is not x or where.inputs[2] is not div.outputs[0] \
+            or greater is None or greater.op != "Greater" or greater.inputs[0] is not node.inputs[0]:
+        return Declined("softplus(x * 1) / 1 is not guarded by where(x > threshold, x, .) as torch's "
+                        "softplus at beta 1 is")
+    return Fusion(x, "Softplus", [scale, node, div, greater, where])
 
 
-def _match_softsign(node: gs.Node) -> Match | None:
+def _match_softsign(node: gs.Node) -> Match:
     """``x / (1 + |x|)``."""
     if node.op != "Abs":
         return None
@@ -209,12 +241,12 @@ def _match_softsign(node: gs.Node) -> Match | None:
         return None
     div = _consumer(add.outputs[0], "Div")
     if div is None or div.inputs[0] is not x or div.inputs[1] is not add.outputs[0]:
-        return None
-    return (x, "Softsign", {}, [node, add, div])
+        return Declined("1 + |x| does not divide x, so it is not softsign")
+    return Fusion(x, "Softsign", [node, add, div])
 
 
 # Softplus first: Mish is matched on top of a fused Softplus.
-_FUSIONS: list[Callable[[gs.Node], Match | None]] = [
+_FUSIONS: list[Callable[[gs.Node], Match]] = [
     _match_softplus_log, _match_softplus_threshold, _match_softsign, _match_silu, _match_hardswish,
     _match_mish, _match_gelu_erf, _match_gelu_tanh]
 
@@ -238,21 +270,27 @@ def _fused_name(nodes: list[gs.Node]) -> str:
 
 
 def fuse_activations(graph: gs.Graph, options: PassOptions) -> PassResult:
-    """Replace split activations (GELU, SiLU, Mish, HardSwish, Softplus, Softsign) by one node."""
+    """Replace split activations (GELU, SiLU, Mish, HardSwish, Softplus, Softsign) by one
+    node; near-matches are left split, each with its reason in the result."""
     result = PassResult("fuse_activations")
     consumed: set[int] = set()  # pattern nodes already replaced (dead until the cleanup)
     fused: list[tuple[gs.Node, str]] = []
+    declined: dict[int, tuple[str, str]] = {}
     for fuse in _FUSIONS:
         for node in list(graph.nodes):
             match = None if id(node) in consumed else fuse(node)
-            if match is None or any(id(n) in consumed for n in match[3]):
+            if isinstance(match, Declined):
+                declined.setdefault(id(node), (node.name, match.reason))
+            if not isinstance(match, Fusion) or any(id(n) in consumed for n in match.nodes):
                 continue
-            x, op, attrs, pattern = match
-            consumed.update(id(n) for n in pattern)
-            node = gs.Node(op, f"{_fused_name(pattern)}__fused", attrs, [x], [replace_output(pattern[-1])],
-                           domain=None if op in _STANDARD else DOMAIN)
+            consumed.update(id(n) for n in match.nodes)
+            name = _fused_name(match.nodes)
+            node = gs.Node(match.op, f"{name}__fused", {}, [match.x], [replace_output(match.nodes[-1])],
+                           domain=None if match.op in _STANDARD else DOMAIN)
             graph.nodes.append(node)
-            fused.append((node, _fused_name(pattern)))
+            fused.append((node, name))
+    # A core one rule declined may be part of what another fused.
+    result.declined = dict(found for key, found in declined.items() if key not in consumed)
     if not fused:
         return result
     before = [n.name for n in graph.nodes]
@@ -260,8 +298,10 @@ def fuse_activations(graph: gs.Graph, options: PassOptions) -> PassResult:
     after = {n.name for n in graph.nodes}
     result.removed = [name for name in before if name not in after and not name.endswith("__fused")]
     # Named only now, so each can take the name of the pattern node it replaces.
+    taken = after - {node.name for node, _ in fused}
     for node, name in fused:
-        node.name = unique_node_name(graph, name)
+        node.name = fresh_name(name, taken.__contains__)
+        taken.add(node.name)
         result.added.append(node.name)
     return result
 

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..naming import fresh_name
-
 
 @dataclass(frozen=True)
 class PassOptions:
@@ -48,6 +46,7 @@ class PassResult:
     added: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     note: str | None = None  # what a pass that changes no node found
+    declined: dict[str, str] = field(default_factory=dict)  # near-matches left alone, by node: why
 
     @property
     def count(self) -> int:
@@ -55,7 +54,11 @@ class PassResult:
 
     def as_dict(self) -> dict:
         found = {"pass": self.name, "removed": self.removed, "added": self.added, "changed": self.changed}
-        return {**found, "note": self.note} if self.note else found
+        if self.note:
+            found["note"] = self.note
+        if self.declined:
+            found["declined"] = self.declined
+        return found
 
 
 GraphPass = Callable[[gs.Graph, PassOptions], PassResult]
@@ -74,7 +77,3 @@ def replace_each(graph: gs.Graph, name: str, rewrite: Callable[[gs.Node], list[s
     graph.cleanup()
     return result
 
-
-def unique_node_name(graph: gs.Graph, base: str) -> str:
-    """A node name not yet used in ``graph``."""
-    return fresh_name(base, {n.name for n in graph.nodes}.__contains__)

@@ -136,6 +136,8 @@ class _Terminal:
         self.print(f"  {'pass':<28} changes")
         for result in report.passes:
             self.print(f"  {result.name:<28} {result.count:>7}")
+            for node, reason in result.declined.items():
+                self.print(f"    left split: {node}: {reason}")
         if report.verification:
             worst = max(report.verification, key=lambda d: d["max_rel"])
             self.print(f"verified: {len(report.verification)} comparisons, worst max abs diff "

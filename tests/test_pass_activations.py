@@ -74,3 +74,41 @@ def test_prelu_with_a_constant_slope_becomes_two_relus():
     after, _, ops = apply(decompose_activations, model)
     assert "PRelu" not in ops and ops.count("Relu") == 2
     same_outputs(model, after, {"x": randn(4, 6)})
+
+
+def test_a_hard_sigmoid_with_other_slopes_times_x_is_left_with_its_reason():
+    nodes = [helper.make_node("HardSigmoid", ["x"], ["h"], name="gate", alpha=0.2),
+             helper.make_node("Mul", ["h", "x"], ["y"])]
+    _, result, ops = apply(fuse_activations, build(nodes, X))
+    assert ops == ["HardSigmoid", "Mul"] and result.count == 0
+    assert "alpha=0.2" in result.declined["gate"] and "1/6" in result.declined["gate"]
+
+
+def test_gelu_core_times_another_tensor_is_declined_not_fused():
+    """``0.5 * z * (1 + erf(x / sqrt 2))`` gates ``z`` by ``x``: not GELU, and the report says why."""
+    nodes = [helper.make_node("Div", ["x", "root2"], ["d"]), helper.make_node("Erf", ["d"], ["e"], name="erf"),
+             helper.make_node("Add", ["e", "one"], ["a"]), helper.make_node("Mul", ["z", "a"], ["m"]),
+             helper.make_node("Mul", ["m", "half"], ["y"])]
+    model = build(nodes, {"x": ["n", 6], "z": ["n", 6]}, [const("root2", np.float32(math.sqrt(2))),
+                                                          const("one", np.float32(1)), const("half", np.float32(0.5))])
+    _, result, ops = apply(fuse_activations, model)
+    assert "GeluErf" not in ops and set(result.declined) == {"erf"}
+    assert "not GELU" in result.declined["erf"]
+    assert result.as_dict()["declined"] == result.declined
+
+
+def test_a_declined_core_that_another_rule_fuses_is_not_reported():
+    """Mish's Tanh is no GELU-tanh core, and a fused Mish leaves nothing declined."""
+    nodes = [helper.make_node("Softplus", ["x"], ["s"]), helper.make_node("Tanh", ["s"], ["t"]),
+             helper.make_node("Mul", ["t", "x"], ["y"])]
+    _, result, ops = apply(fuse_activations, build(nodes, X))
+    assert ops == ["Mish"] and result.declined == {}
+
+
+def test_mish_whose_softplus_is_read_elsewhere_is_declined():
+    nodes = [helper.make_node("Softplus", ["x"], ["s"]), helper.make_node("Tanh", ["s"], ["t"], name="tanh"),
+             helper.make_node("Mul", ["t", "x"], ["y"]), helper.make_node("Neg", ["s"], ["n"])]
+    model = build(nodes, X, outputs=("y", "n"))
+    after, result, ops = apply(fuse_activations, model)
+    assert "Mish" not in ops and "read elsewhere" in result.declined["tanh"]
+    same_outputs(model, after, {"x": randn(3, 6)})

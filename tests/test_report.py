@@ -147,3 +147,23 @@ print("ok", sum(isinstance(e.get("shap"), str) and e["shap"].startswith("rescale
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("ok ") and int(done.stdout.split()[1]) >= 1  # a rule only we add
+
+
+class ErfGate(nn.Module):
+    """``0.5 * z * (1 + erf(x / sqrt 2))``: GELU's pieces gating another tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(4, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * self.b(x) * (1 + torch.erf(self.a(x) / 2 ** 0.5))
+
+
+def test_near_matches_a_pass_left_alone_are_reported_with_the_reason(capsys):
+    _, report = rewrite(ErfGate().eval(), torch.randn(3, 4), report=True)
+    document = report.as_dict()
+    jsonschema.validate(document, load_schema())
+    fusions = next(p for p in document["passes"] if p["pass"] == "fuse_activations")
+    (node, reason), = fusions["declined"].items()
+    assert "erf" in node.lower() and "not GELU" in reason
