@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ sys.path.insert(0, str(HERE))
 
 import recurrent  # noqa: E402
 from architectures import MobileNetV2, ResNet, ViT, randomize_batchnorm  # noqa: E402
-from common import quiet, store  # noqa: E402
+from common import ok, peak_rss_mb, quiet, rss_mb, store  # noqa: E402
 
 from rewriter import rewrite  # noqa: E402
 
@@ -111,13 +110,6 @@ def shap_time(module, background, inputs, runs: int = 3) -> float:
     return median_time(explain, runs)
 
 
-def _current_rss_kb() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
 def peak_memory(name: str) -> dict:
     """Run in a fresh process: peak RSS growth during a rewrite, over the parameters' size.
 
@@ -127,17 +119,13 @@ def peak_memory(name: str) -> dict:
     x = torch.randn(2, *shape)
     with quiet():
         rewrite(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()), torch.randn(2, 4))
-    before = _current_rss_kb()
+    before = rss_mb()
     with quiet():
         rewrite(model, x)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = peak_rss_mb()
     params = sum(p.numel() * p.element_size() for p in model.parameters())
-    return {"peak_rss_growth_mb": (after - before) / 1024, "params_mb": params / 2**20,
-            "ratio": (after - before) * 1024 / params}
-
-
-def ok(condition: bool) -> str:
-    return "ok" if condition else "MISSED"
+    return {"peak_rss_growth_mb": after - before, "params_mb": params / 2**20,
+            "ratio": (after - before) * 2**20 / params}
 
 
 def main() -> int:

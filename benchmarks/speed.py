@@ -18,7 +18,6 @@ import argparse
 import cProfile
 import io
 import pstats
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from architectures import ResNet, ViT, randomize_batchnorm  # noqa: E402
-from common import quiet, store  # noqa: E402
+from common import ok, peak_rss_mb, quiet, store  # noqa: E402
 
 from rewriter import rewrite  # noqa: E402
 
@@ -170,15 +169,6 @@ def scaling(sizes: list[int]) -> dict:
     return results
 
 
-def _peak_rss_mb() -> float:
-    # VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across exec, so a process
-    # started by a large parent reports the parent's peak.
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def peak_memory(name: str, what: str) -> float:
     """Peak RSS of a fresh process that builds the model and runs the export or the rewrite."""
     model, x = build(name)
@@ -187,7 +177,7 @@ def peak_memory(name: str, what: str) -> float:
             torch.onnx.export(model, (x,), dynamo=True)
         else:
             rewrite(model, x)
-    return _peak_rss_mb()
+    return peak_rss_mb()
 
 
 def profile(name: str, top: int = 10) -> str:
@@ -199,10 +189,6 @@ def profile(name: str, top: int = 10) -> str:
     text = io.StringIO()
     pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(top)
     return text.getvalue()
-
-
-def ok(condition: bool) -> str:
-    return "ok" if condition else "MISSED"
 
 
 def main() -> int:

@@ -60,6 +60,12 @@ def _parameter(b: Builder, node: gs.Node, i: int, shape: list[int] | None, name:
     return b.node("Reshape", [tensor, b.ints(shape, f"{name}_shape")], f"{name}_shaped") if shape else tensor
 
 
+def group_scale_repeats(scales: int, channels: int, groups: int) -> int:
+    """How many channels each GroupNormalization scale and bias element covers: one per
+    channel since opset 21, one per group at opset 18."""
+    return 1 if scales == channels else channels // groups
+
+
 def _decompose_norm(graph: gs.Graph, node: gs.Node) -> list[str] | None:
     x = node.inputs[0]
     if x.shape is None or not is_float(x):
@@ -86,7 +92,7 @@ def _decompose_norm(graph: gs.Graph, node: gs.Node) -> list[str] | None:
         scale_shape = node.inputs[1].shape if len(node.inputs) > 1 else None
         if not isinstance(size, int) or not scale_shape or not isinstance(scale_shape[0], int):
             return None
-        repeats = size // groups if scale_shape[0] != size else 1  # opset 18: one scale per group
+        repeats = group_scale_repeats(scale_shape[0], size, groups)
         grouped = b.node("Reshape", [x, b.ints([0, groups, -1], "group_shape")], "group")
         standardized = b.node("Standardize", [grouped], "standardize", {"epsilon": eps}, domain=DOMAIN)
         restored = b.node("Reshape", [standardized, b.shape_of(x, "shape")], "ungroup")

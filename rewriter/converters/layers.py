@@ -10,6 +10,7 @@ from torch import nn
 
 from .. import functional, modules
 from ..passes.graph import DOMAIN
+from ..passes.normalization import group_scale_repeats
 from . import converter, layer
 
 
@@ -219,10 +220,9 @@ def group_norm(ctx):
     shape = ctx.info(0).shape
     channels = shape[1] if shape is not None and len(shape) > 1 else None
     ctx.require(isinstance(channels, int), "GroupNormalization needs a static channel dim")
-    if scale.numel() != channels:
-        # Opset 18 gave one scale per group; spread it over the group's channels.
-        scale = scale.repeat_interleave(channels // groups)
-        bias = bias.repeat_interleave(channels // groups)
+    repeats = group_scale_repeats(scale.numel(), channels, groups)
+    if repeats > 1:
+        scale, bias = scale.repeat_interleave(repeats), bias.repeat_interleave(repeats)
     return ctx.module(layer(nn.GroupNorm, groups, channels, eps=ctx.attr("epsilon", 1e-5), dtype=scale.dtype,
                             weights={"weight": scale, "bias": bias}), ctx.input(0))
 
