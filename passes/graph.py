@@ -200,21 +200,22 @@ _VALUE_FREE = {"Shape", "Size", "ConstantOfShape", "EyeLike", "RandomNormalLike"
 
 
 def varying_tensors(graph: gs.Graph) -> set[str]:
-    """Names of tensors whose values depend on the graph inputs (not only on their shapes)."""
+    """Names of tensors whose values depend on the graph inputs (not only on their shapes):
+    what the inputs reach through the nodes' data inputs (no toposort, which cost a third of
+    a second per call on BERT-base)."""
     varying = {t.name for t in graph.inputs}
-    for node in _topological(graph):
-        if node.op in _VALUE_FREE:
-            continue
-        # CastLike reads only the type of its second input.
-        data = node.inputs[:1] if node.op == "CastLike" else node.inputs
-        if any(t.name in varying for t in data if isinstance(t, gs.Variable)):
-            varying.update(t.name for t in node.outputs)
+    pending = list(graph.inputs)
+    while pending:
+        tensor = pending.pop()
+        for node in tensor.outputs:
+            # CastLike reads only the type of its second input.
+            if node.op in _VALUE_FREE or (node.op == "CastLike" and node.inputs[0] is not tensor):
+                continue
+            for out in node.outputs:
+                if out.name not in varying:
+                    varying.add(out.name)
+                    pending.append(out)
     return varying
-
-
-def _topological(graph: gs.Graph) -> list[gs.Node]:
-    graph.toposort()
-    return list(graph.nodes)
 
 
 def batch_dims(graph: gs.Graph) -> set:

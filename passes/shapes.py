@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -28,6 +28,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import describe
 from .base import PassOptions, PassResult
+from .graph import batch_dims
 from .weights import export_light, light_copy, ort_session
 
 log = logging.getLogger("shaprewrite")
@@ -89,15 +90,17 @@ def _batch_dim(d1: int, d2: int, b1: int, b2: int, symbol: str) -> Dim:
 
 
 def measure(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]],
-            held: Mapping[str, gs.Constant] | None = None) -> dict[str, tuple] | str:
-    """``{value: (numpy dtype, dims)}`` for every value of ``model``'s main graph, measured by
-    running it on each feed (see the module notes), or why it could not run. ``held``: the
-    values of a light export's placeholders (see ``weights.export_light``)."""
+            held: Mapping[str, gs.Constant] | None = None, only: Collection[str] | None = None) -> dict[str, tuple] | str:
+    """``{value: (numpy dtype, dims)}`` for every value of ``model``'s main graph (or the
+    graph's outputs and the values in ``only``), measured by running it on each feed (see
+    the module notes), or why it could not run. ``held``: the values of a light export's
+    placeholders (see ``weights.export_light``)."""
     import onnxruntime as ort
 
     graph = model.graph
     declared = {o.name for o in graph.output}
-    names = [o for node in graph.node for o in node.output if o and o not in declared]
+    names = [o for node in graph.node for o in node.output
+             if o and o not in declared and (only is None or o in only)]
     options = ort.SessionOptions()
     options.log_severity_level = 4  # failures are reported, not logged
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -142,9 +145,15 @@ def measure_shapes(graph: gs.Graph, options: PassOptions) -> PassResult:
         return result
     from .functions import attach_functions
 
+    batch = batch_dims(graph)
+    unknown = {tensor.name for node in graph.nodes for tensor in node.outputs if not _known(tensor, batch)}
+    if not unknown:
+        result.note = "shapes inferred by ONNX, every one in numbers and the batch"
+        _note_specialised(result, graph, options.feeds)
+        return result
     light = export_light(graph)
     attach_functions(light.proto)
-    found = measure(light.proto, options.feeds, light.held)
+    found = measure(light.proto, options.feeds, light.held, unknown)
     if isinstance(found, str):
         log.debug("shapes not measured: %s", found)
         result.note = f"shapes inferred by ONNX: {found}"
@@ -156,11 +165,23 @@ def measure_shapes(graph: gs.Graph, options: PassOptions) -> PassResult:
             tensor.dtype, tensor.shape = dtype, dims
     # The first input with rows tells the batch; a graph of 0-d inputs has none (0).
     sizes = sorted({next((len(v) for v in feed.values() if np.ndim(v)), 0) for feed in options.feeds})
-    result.note = f"shapes measured at batch {' and '.join(map(str, sizes))}"
-    fixed = _specialise_inputs(graph, options.feeds)
+    result.note = (f"shapes measured at batch {' and '.join(map(str, sizes))} where ONNX's inference left a dim "
+                   f"unknown ({len(found)} values)")
+    _note_specialised(result, graph, options.feeds)
+    return result
+
+
+def _known(tensor: gs.Variable, batch: set) -> bool:
+    """Whether inference already gave ``tensor`` a type and dims that are numbers or the batch
+    (what measuring would find: inference never disagreed with it on the architectures tested)."""
+    return tensor.dtype is not None and tensor.shape is not None \
+        and all(isinstance(d, int) or d in batch for d in tensor.shape)
+
+
+def _note_specialised(result: PassResult, graph: gs.Graph, feeds: Sequence[Mapping[str, np.ndarray]]) -> None:
+    fixed = _specialise_inputs(graph, feeds)
     if fixed:
         result.note += "; " + ", ".join(fixed) + " (the rewrite serves these sizes)"
-    return result
 
 
 def _specialise_inputs(graph: gs.Graph, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[str]:

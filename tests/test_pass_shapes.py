@@ -42,3 +42,22 @@ def test_a_graph_onnxruntime_cannot_run_keeps_inferred_shapes_and_says_why():
     graph = gs.import_onnx(model)
     result = measure_shapes(graph, PassOptions(feeds=[{"x": randn(2, 4)}, {"x": randn(3, 4)}]))  # wrong width
     assert "inferred by ONNX" in result.note and "onnxruntime could not run" in result.note
+
+
+def test_values_inference_knows_in_numbers_and_the_batch_are_not_measured():
+    graph = gs.import_onnx(_transposed())
+    refresh_shapes(graph)
+    result = measure_shapes(graph, PassOptions(feeds=[{"x": randn(2, 3)}, {"x": randn(3, 3)}]))
+    assert "inferred by ONNX" in result.note and graph.tensors()["t"].shape == [3, "n"]
+
+
+def test_only_what_inference_left_unknown_is_measured():
+    """Flatten at axis 0 makes ``3*n`` elements, a product inference cannot write."""
+    graph = gs.import_onnx(build([helper.make_node("Relu", ["x"], ["r"]),
+                                  helper.make_node("Flatten", ["r"], ["f"], axis=0),
+                                  helper.make_node("Neg", ["f"], ["y"])], {"x": ["n", 3]}))
+    refresh_shapes(graph)
+    assert graph.tensors()["f"].shape[1] not in (3, "n")  # a symbol of its own
+    result = measure_shapes(graph, PassOptions(feeds=[{"x": randn(2, 3)}, {"x": randn(3, 3)}]))
+    assert graph.tensors()["f"].shape == [1, "3*n"] and graph.tensors()["r"].shape == ["n", 3]
+    assert "(2 values)" in result.note  # f, and y: a graph output is always measured
