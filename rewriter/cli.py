@@ -237,8 +237,22 @@ class _Terminated(_Signalled):
 _SIGNALLED = {signal.SIGINT: _Interrupted, signal.SIGTERM: _Terminated}
 
 
+# The signals received during this run. A library that catches exceptions raised in its own
+# code can turn ours into an error of its own (onnxruntime's import reports "initialization
+# failed"); a run a signal reached ends as signalled whatever error carried it out.
+_received: list[type[_Signalled]] = []
+
+
 def _raise_signalled(signum, frame) -> None:
+    _received.append(_SIGNALLED[signum])
     raise _SIGNALLED[signum]()
+
+
+def _signalled(exc: _Signalled | None = None) -> int:
+    """Say how the run ended and give its exit code: ``exc``, or the last signal received."""
+    what = exc if exc is not None else _received[-1]
+    print(f"shaprewrite: {what.what}", file=sys.stderr)
+    return what.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,19 +265,23 @@ def main(argv: list[str] | None = None) -> int:
     build, execute = commands.get(command, (build_parser, run))
     args = build().parse_args(argv[1:] if command else argv)
     in_main_thread = threading.current_thread() is threading.main_thread()  # signals can only be set there
+    _received.clear()
     previous = {sig: signal.signal(sig, _raise_signalled) for sig in _SIGNALLED} if in_main_thread else {}
     try:
         return execute(args)
-    except ShapRewriteError as exc:
-        print(f"shaprewrite: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    except _Signalled as exc:
+        return _signalled(exc)
     except KeyboardInterrupt:  # a SIGINT that arrived before our handler was in place
         print("shaprewrite: interrupted", file=sys.stderr)
         return 130
-    except _Signalled as exc:
-        print(f"shaprewrite: {exc.what}", file=sys.stderr)
+    except ShapRewriteError as exc:
+        if _received:
+            return _signalled()
+        print(f"shaprewrite: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:  # the promise is: no traceback, ever
+        if _received:
+            return _signalled()
         print(f"shaprewrite: internal error: {type(exc).__name__}: {exc}. This is a bug; please report it "
               "with the model.", file=sys.stderr)
         return 1
