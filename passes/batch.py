@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from onnxscript import optimizer
 
 from .base import PassOptions, PassResult
+from .graph import Builder
 from .shapes import inferred_types
-from .weights import export_light
+from .weights import adopt, export_light
 
 BATCH = "batch"
 
@@ -80,3 +82,117 @@ def make_batch_dynamic(graph: gs.Graph, options: PassOptions) -> PassResult:
             pending.discard(id(node))
             result.changed.append(node.name)
     return result
+
+
+# -- a static export made batch-free -------------------------------------------------------
+
+# What shape arithmetic the folder may evaluate: vectors of a few dims. Fewer elements than
+# the export batch, so no folded value can hold one row per example.
+_SHAPE_ELEMENTS = 64
+
+
+class BatchBaked(ValueError):
+    """A graph exported at a fixed batch still depends on it somewhere the rewrite cannot
+    make follow the batch."""
+
+
+def _multiples(values, rows: int) -> list[int]:
+    return [i for i, v in enumerate(values) if v and v % rows == 0]
+
+
+def any_batch(graph: gs.Graph, rows: int) -> list[str]:
+    """Make ``graph``, exported at a batch of ``rows``, run at any batch; the changed nodes.
+
+    ``rows`` is a prime larger than the graph's other dims' factors in practice (97), so a
+    shape entry that is a multiple of it counts examples: ``k * rows`` is ``k`` per example.
+    The shape arithmetic is folded; then a Reshape target's one such entry becomes -1 (the
+    target's other entries are static, so -1 is the batch's share again), and an Expand,
+    ConstantOfShape or Tile shape gets that entry from the first input's batch at run time.
+    Raises :class:`BatchBaked` for anything else that holds a multiple of ``rows``.
+    """
+    exported_shapes = {name: t.shape for name, t in graph.tensors().items() if isinstance(t, gs.Variable)}
+    light = export_light(graph)
+    if optimizer.fold_constants(light.proto, input_size_limit=_SHAPE_ELEMENTS,
+                                output_size_limit=_SHAPE_ELEMENTS).modified:
+        adopt(graph, light.proto, light.held)
+    graph.cleanup()
+    changed, rows_now = [], None
+    for node in list(graph.nodes):
+        slot = _SHAPE_INPUTS.get(node.op)
+        vector = _shape_vector(node.inputs[slot]) if slot is not None and len(node.inputs) > slot else None
+        found = _multiples(vector or (), rows)
+        if not found:
+            continue
+        if len(found) > 1:
+            raise BatchBaked(f"{node.op} '{node.name}' has a shape of {vector}, the batch in more than one place")
+        b = Builder(graph, node.name, np.int64)
+        (i,) = found
+        if node.op == "Reshape":
+            # -1 takes the batch's share when it is free; else 0 copies the input's batch
+            # dim, where the input had it on the same axis.
+            data = exported_shapes.get(node.inputs[0].name) or ()
+            if -1 not in vector:
+                vector[i] = -1
+            elif vector[i] == rows and len(data) > i and data[i] == rows and 0 not in vector:
+                vector[i] = 0
+                node.attrs["allowzero"] = 0  # no other 0 in the target, so it meant nothing before
+            else:
+                raise BatchBaked(f"Reshape '{node.name}' has a shape of {vector}: -1 is taken, and the batch moves")
+            node.inputs[slot] = b.ints(vector, "any_batch")
+        else:
+            if rows_now is None:
+                rows_now = Builder(graph, "batch", np.int64).node("Shape", [graph.inputs[0]], "rows",
+                                                                  {"start": 0, "end": 1})
+            share = rows_now if vector[i] == rows else b.node("Mul", [rows_now, b.ints([vector[i] // rows], "k")],
+                                                              "batch_share")
+            parts = [*([b.ints(vector[:i], "head")] if i else []), share,
+                     *([b.ints(vector[i + 1:], "tail")] if i + 1 < len(vector) else [])]
+            node.inputs[slot] = b.node("Concat", parts, "any_batch", {"axis": 0}) if len(parts) > 1 else share
+        changed.append(node.name)
+    graph.cleanup()
+    _refuse_baked(graph, rows)
+    for tensor in graph.inputs:
+        if tensor.shape and tensor.shape[0] == rows:
+            tensor.shape = [BATCH, *tensor.shape[1:]]
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and tensor in graph.outputs:
+            tensor.shape = [BATCH if d == rows else (None if d in _multiples([d], rows) else d)
+                            for d in tensor.shape] if tensor.shape else tensor.shape
+        elif isinstance(tensor, gs.Variable) and tensor not in graph.inputs:
+            tensor.dtype = tensor.shape = None  # recorded for the export batch: inference recomputes them
+    return changed
+
+
+_SHAPE_INPUTS = {"Reshape": 1, "Expand": 1, "ConstantOfShape": 0, "Tile": 1}
+
+
+def _shape_vector(tensor: gs.Tensor) -> list[int] | None:
+    """A constant shape operand's entries: an initializer's, or a Constant node's (the folder
+    leaves those as nodes)."""
+    if isinstance(tensor, gs.Constant):
+        value = tensor.values
+    else:
+        node = tensor.inputs[0] if tensor.inputs else None
+        if node is None or node.op != "Constant" or not node.attrs:
+            return None
+        value = next(iter(node.attrs.values()))
+        value = value.values if isinstance(value, gs.Constant) else value
+    array = np.asarray(value)
+    return [int(v) for v in array.reshape(-1)] if array.dtype.kind in "iu" else None
+
+
+def _refuse_baked(graph: gs.Graph, rows: int) -> None:
+    for tensor in graph.tensors().values():
+        if not isinstance(tensor, gs.Constant):
+            continue
+        if _multiples(tensor.shape or (), rows):
+            raise BatchBaked(f"the constant '{tensor.name}' has a row per example (shape {list(tensor.shape)})")
+        values = np.asarray(tensor.values) if tensor.values.size <= _SHAPE_ELEMENTS else None
+        if values is not None and values.dtype.kind in "iu" and _multiples(values.reshape(-1).tolist(), rows):
+            readers = ", ".join(f"{n.op} '{n.name}'" for n in tensor.outputs)
+            raise BatchBaked(f"{readers} reads {values.tolist()}, which holds the export batch")
+    for node in graph.nodes:
+        for name, value in node.attrs.items():
+            ints = value if isinstance(value, (list, tuple)) else [value]
+            if all(isinstance(v, int) for v in ints) and _multiples(ints, rows):
+                raise BatchBaked(f"{node.op} '{node.name}' has {name}={value}, which holds the export batch")

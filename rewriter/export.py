@@ -11,11 +11,13 @@ import warnings
 from dataclasses import dataclass
 
 import onnx
+import onnx_graphsurgeon as gs
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import ExportError, describe
+from .passes.batch import BatchBaked, any_batch
 
 DYNAMO = "dynamo"
 TORCHSCRIPT = "torchscript"
@@ -40,6 +42,8 @@ def input_names_for(model: nn.Module, count: int) -> list[str]:
         params = []
     names = [p.name for p in params[:count]]
     return names + [f"input_{i}" for i in range(len(names), count)]
+
+log = logging.getLogger("shaprewrite")
 
 
 def at_least_batch_two(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -91,7 +95,60 @@ def _hooks_detached(model: nn.Module):
             hooks.update(content)
 
 
+# The batch a model is exported at: a prime, so that a shape entry that is a multiple of it
+# counts examples (see ``passes.batch.any_batch``); the second where the example inputs'
+# batch, or the one verification adds a row to, is the first.
+_EXPORT_ROWS = (97, 101)
+
+
 def _export_dynamo(model: nn.Module, inputs: tuple, names: list[str], opset: int | None) -> onnx.ModelProto:
+    """Exported at a fixed batch and made batch-free: torch takes twice as long over a
+    dynamic-shape export of a transformer (BERT-base 16 s against 7.5 s, ResNet-50 7.9 s
+    against 5.3 s). Where the batch stays baked in, the dynamic-shape export."""
+    try:
+        return _export_static(model, inputs, names, opset)
+    except Exception as exc:  # the exporter's own failures, or the batch baked in
+        log.debug("the export at a fixed batch could not be made batch-free (%s); exporting with a dynamic batch",
+                  describe(exc))
+    return _export_dynamic(model, inputs, names, opset)
+
+
+def _export_static(model: nn.Module, inputs: tuple, names: list[str], opset: int | None) -> onnx.ModelProto:
+    sizes = {t.shape[0] + extra for t in inputs if t.dim() for extra in (0, 1)}
+    rows = next(r for r in _EXPORT_ROWS if r not in sizes)
+    tiled = tuple(t[torch.arange(rows) % t.shape[0]] if t.dim() else t for t in inputs)
+    with _quiet():
+        exported = torch.onnx.export(model, tiled, dynamo=True, input_names=names, opset_version=opset,
+                                     verbose=False, optimize=False).model_proto
+    graph = gs.import_onnx(exported)
+    with _quiet():  # the folder warns of every weight it is not given
+        any_batch(graph, rows)
+    proto = gs.export_onnx(graph.toposort(), do_type_check=False)
+    # The exporter's metadata names each node's torch module; graphsurgeon does not keep it.
+    metadata = {node.name: node.metadata_props for node in exported.graph.node}
+    for node in proto.graph.node:
+        if node.name in metadata:
+            node.metadata_props.extend(metadata[node.name])
+    proto.ir_version, proto.producer_name, proto.producer_version = (
+        exported.ir_version, exported.producer_name, exported.producer_version)
+    _check_batch_free(model, inputs, proto)
+    return proto
+
+
+def _check_batch_free(model: nn.Module, inputs: tuple, proto: onnx.ModelProto) -> None:
+    """The batch-free graph must compute the model on the example batch (not the export's)."""
+    from .verify import OnnxRunner, Tolerance, as_list, compare
+
+    with torch.no_grad():
+        want = as_list(model(*inputs))
+    got = OnnxRunner(proto)(inputs)
+    names = [o.name for o in proto.graph.output]
+    bad = [d["output"] for d in compare(got, want, names, len(inputs[0]), Tolerance(), None) if not d["ok"]]
+    if bad:
+        raise BatchBaked(f"made batch-free, the graph differs from the model in {', '.join(map(str, bad))}")
+
+
+def _export_dynamic(model: nn.Module, inputs: tuple, names: list[str], opset: int | None) -> onnx.ModelProto:
     batch = torch.export.Dim("batch")
     dynamic = tuple({0: batch} if t.dim() > 0 else {} for t in inputs)
     with _quiet():

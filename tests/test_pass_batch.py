@@ -5,11 +5,14 @@ right at another."""
 from __future__ import annotations
 
 import numpy as np
+import onnx_graphsurgeon as gs
+import pytest
 from onnx import helper
 from pass_harness import apply, build, const, randn, run, same_outputs
 
 from rewriter.passes import PassOptions
-from rewriter.passes.batch import make_batch_dynamic
+from rewriter.passes.batch import BatchBaked, any_batch, make_batch_dynamic
+from rewriter.passes.shapes import refresh_shapes
 
 
 def _flatten_at_batch_one():
@@ -46,3 +49,52 @@ def test_a_reshape_whose_leading_dim_is_not_the_batch_keeps_its_literal():
     after, _, _ = apply(make_batch_dynamic, model)
     target = next(t for t in after.graph.initializer if t.name.startswith("target"))
     assert list(np.frombuffer(target.raw_data, np.int64)) == [2, 3]
+
+
+# -- a graph exported at a prime batch, made batch-free ---------------------------------------
+
+ROWS = 97
+
+
+def _batch_free(model):
+    graph = gs.import_onnx(model)
+    refresh_shapes(graph)  # an exporter records them
+    changed = any_batch(graph, ROWS)
+    graph.cleanup().toposort()
+    return gs.export_onnx(graph, do_type_check=False), changed
+
+
+def test_reshape_and_expand_targets_follow_the_batch_after_a_static_export():
+    """Heads merged into the batch (``[4*97, 3]``), the batch copied on its axis where -1 is
+    taken, and a token expanded to one row per example (a ViT's class token)."""
+    nodes = [helper.make_node("Reshape", ["x", "merged"], ["heads"], name="merge"),
+             helper.make_node("Reshape", ["x", "flat"], ["flat_x"], name="flatten", allowzero=1),
+             helper.make_node("Expand", ["token", "rows"], ["tokens"], name="expand")]
+    model = build(nodes, {"x": [ROWS, 4, 3]}, [const("merged", np.array([4 * ROWS, 3], np.int64)),
+                                                const("flat", np.array([ROWS, -1], np.int64)),
+                                                const("token", randn(1, 1, 3)),
+                                                const("rows", np.array([ROWS, 1, 1], np.int64))],
+                  outputs=("heads", "flat_x", "tokens"))
+    after, changed = _batch_free(model)
+    assert sorted(changed) == ["expand", "flatten", "merge"]
+    assert after.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    for rows in (2, 5):
+        x = randn(rows, 4, 3)
+        heads, flat, tokens = run(after, {"x": x})
+        np.testing.assert_array_equal(heads, x.reshape(4 * rows, 3))
+        np.testing.assert_array_equal(flat, x.reshape(rows, 12))
+        assert tokens.shape == (rows, 1, 3)
+
+
+def test_a_constant_with_a_row_per_example_keeps_the_batch_baked_in():
+    nodes = [helper.make_node("Add", ["x", "offsets"], ["y"], name="add")]
+    model = build(nodes, {"x": [ROWS, 3]}, [const("offsets", randn(ROWS, 3))])
+    with pytest.raises(BatchBaked, match="offsets"):
+        _batch_free(model)
+
+
+def test_the_batch_in_two_entries_of_a_shape_is_refused_by_node():
+    nodes = [helper.make_node("Reshape", ["x", "target"], ["y"], name="odd")]
+    model = build(nodes, {"x": [ROWS, ROWS]}, [const("target", np.array([ROWS, 1, ROWS], np.int64))])
+    with pytest.raises(BatchBaked, match="'odd'"):
+        _batch_free(model)

@@ -7,6 +7,7 @@ rounding.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from architectures import (
     MultiOutputNet,
     PoolingNet,
     ResNetStyle,
+    TransformerEncoderStyle,
     TwoInputNet,
     randomize_batchnorm,
 )
@@ -185,3 +187,61 @@ def test_result_is_picklable_and_copyable(make, shape):
     torch.testing.assert_close(clone(x), rewritten(x))
     moved = clone.to(torch.device("cpu"))
     torch.testing.assert_close(moved(x), rewritten(x))
+
+
+# -- the export: at a fixed batch, made batch-free ------------------------------------------
+
+
+def _ort_outputs(proto, x: torch.Tensor):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {proto.graph.input[0].name: x.numpy()})[0]
+
+
+def test_a_transformer_exported_at_a_fixed_batch_runs_at_any_batch():
+    """The dynamo exporter takes twice as long with a dynamic batch on transformers: the export
+    is static, at a prime batch, and the shapes that held it are made to follow the batch."""
+    from rewriter.export import export_module
+
+    torch.manual_seed(0)
+    model = TransformerEncoderStyle().eval()
+    exported = export_module(model, (torch.randn(3, 6, 4),), exporter="dynamo")
+    assert exported.model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    for rows in (2, 5):
+        x = torch.randn(rows, 6, 4)
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(_ort_outputs(exported.model, x)), model(x),
+                                       rtol=1e-4, atol=1e-5)
+
+
+class PerRowPick(nn.Module):
+    """Indexes each row with ``arange(batch)``: a range a static export writes with the batch
+    as a number, so the export falls back to a dynamic batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc(x))
+        return h[torch.arange(x.shape[0]), torch.zeros(x.shape[0], dtype=torch.long)].unsqueeze(1) * h
+
+
+def test_a_batch_a_static_export_bakes_in_falls_back_to_the_dynamic_export():
+    said: list[str] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = lambda record: said.append(record.getMessage())
+    logger = logging.getLogger("shaprewrite")
+    level, logger.level = logger.level, logging.DEBUG
+    logger.addHandler(handler)
+    try:
+        model = PerRowPick().eval()
+        rewritten = rewrite(model, torch.randn(3, 4))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert any("exporting with a dynamic batch" in message for message in said)
+    x = torch.randn(6, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(rewritten(x), model(x))
