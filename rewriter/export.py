@@ -113,9 +113,17 @@ def _export_dynamo(model: nn.Module, inputs: tuple, names: list[str], opset: int
     return _export_dynamic(model, inputs, names, opset)
 
 
+# The export batch is real memory (tracing reads the inputs' strides, so they cannot be
+# broadcast views): past this many bytes, the dynamic export costs less than the copy.
+_STATIC_EXPORT_BYTES = 1 << 28
+
+
 def _export_static(model: nn.Module, inputs: tuple, names: list[str], opset: int | None) -> onnx.ModelProto:
     sizes = {t.shape[0] + extra for t in inputs if t.dim() for extra in (0, 1)}
     rows = next(r for r in _EXPORT_ROWS if r not in sizes)
+    size = sum(t[0].numel() * t.element_size() * rows for t in inputs if t.dim())
+    if size > _STATIC_EXPORT_BYTES:
+        raise BatchBaked(f"{rows} rows of the inputs would take {size / 2**20:.0f} MiB")
     tiled = tuple(t[torch.arange(rows) % t.shape[0]] if t.dim() else t for t in inputs)
     with _quiet():
         exported = torch.onnx.export(model, tiled, dynamo=True, input_names=names, opset_version=opset,

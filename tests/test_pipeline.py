@@ -228,7 +228,7 @@ class PerRowPick(nn.Module):
         return h[torch.arange(x.shape[0]), torch.zeros(x.shape[0], dtype=torch.long)].unsqueeze(1) * h
 
 
-def test_a_batch_a_static_export_bakes_in_falls_back_to_the_dynamic_export():
+def _debug_messages(run) -> list[str]:
     said: list[str] = []
     handler = logging.Handler(logging.DEBUG)
     handler.emit = lambda record: said.append(record.getMessage())
@@ -236,12 +236,26 @@ def test_a_batch_a_static_export_bakes_in_falls_back_to_the_dynamic_export():
     level, logger.level = logger.level, logging.DEBUG
     logger.addHandler(handler)
     try:
-        model = PerRowPick().eval()
-        rewritten = rewrite(model, torch.randn(3, 4))
+        run()
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+    return said
+
+
+def test_a_batch_a_static_export_bakes_in_falls_back_to_the_dynamic_export():
+    model = PerRowPick().eval()
+    rewritten = []
+    said = _debug_messages(lambda: rewritten.append(rewrite(model, torch.randn(3, 4))))
     assert any("exporting with a dynamic batch" in message for message in said)
     x = torch.randn(6, 4)
     with torch.no_grad():
-        torch.testing.assert_close(rewritten(x), model(x))
+        torch.testing.assert_close(rewritten[0](x), model(x))
+
+
+def test_inputs_too_large_to_repeat_for_the_export_batch_are_exported_with_a_dynamic_batch(monkeypatch):
+    import rewriter.export
+
+    monkeypatch.setattr(rewriter.export, "_STATIC_EXPORT_BYTES", 1000)
+    said = _debug_messages(lambda: rewrite(FunctionalMLP().eval(), torch.randn(3, 10)))
+    assert any("MiB" in message and "dynamic batch" in message for message in said)
