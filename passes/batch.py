@@ -156,7 +156,7 @@ def any_batch(graph: gs.Graph, rows: int) -> list[str]:
             tensor.shape = [BATCH, *tensor.shape[1:]]
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Variable) and tensor in graph.outputs:
-            tensor.shape = [BATCH if d == rows else (None if d in _multiples([d], rows) else d)
+            tensor.shape = [BATCH if d == rows else (None if isinstance(d, int) and _multiples([d], rows) else d)
                             for d in tensor.shape] if tensor.shape else tensor.shape
         elif isinstance(tensor, gs.Variable) and tensor not in graph.inputs:
             tensor.dtype = tensor.shape = None  # recorded for the export batch: inference recomputes them

@@ -19,6 +19,8 @@ from torch.overrides import TorchFunctionMode
 from .errors import ExportError, describe
 from .passes.batch import BatchBaked, any_batch
 
+log = logging.getLogger("shaprewrite")
+
 DYNAMO = "dynamo"
 TORCHSCRIPT = "torchscript"
 
@@ -42,8 +44,6 @@ def input_names_for(model: nn.Module, count: int) -> list[str]:
         params = []
     names = [p.name for p in params[:count]]
     return names + [f"input_{i}" for i in range(len(names), count)]
-
-log = logging.getLogger("shaprewrite")
 
 
 def at_least_batch_two(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
