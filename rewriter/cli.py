@@ -243,9 +243,27 @@ _SIGNALLED = {signal.SIGINT: _Interrupted, signal.SIGTERM: _Terminated}
 _received: list[type[_Signalled]] = []
 
 
+# While a C extension initialises (torch's import, onnxruntime's), an exception raised into it
+# aborts the process from C++ ("terminate called"): signals are only recorded then.
+_deferring = threading.Event()
+
+
 def _raise_signalled(signum, frame) -> None:
     _received.append(_SIGNALLED[signum])
-    raise _SIGNALLED[signum]()
+    if not _deferring.is_set():
+        raise _SIGNALLED[signum]()
+
+
+def _import_engines() -> None:
+    """Import the C extensions every command needs, with signals recorded, not raised."""
+    _deferring.set()
+    try:
+        import onnxruntime  # noqa: F401
+        import torch  # noqa: F401
+    finally:
+        _deferring.clear()
+    if _received:
+        raise _received[-1]()
 
 
 def _signalled(exc: _Signalled | None = None) -> int:
@@ -268,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     _received.clear()
     previous = {sig: signal.signal(sig, _raise_signalled) for sig in _SIGNALLED} if in_main_thread else {}
     try:
+        _import_engines()
         return execute(args)
     except _Signalled as exc:
         return _signalled(exc)

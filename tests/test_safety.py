@@ -244,3 +244,19 @@ def test_a_signal_a_library_turns_into_an_error_of_its_own_still_ends_the_run_as
     assert main([str(source), str(tmp_path / "out.pt"), "--quiet"]) == 143
     assert "terminated" in capsys.readouterr().err and not (tmp_path / "out.pt").exists()
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_signal_while_the_engines_import_is_recorded_and_raised_after_it():
+    """Raised into torch's or onnxruntime's initialisation, our exception aborted the process
+    from C++ ("terminate called ... _Terminated"): the CLI imports them with signals recorded."""
+    from rewriter import cli
+
+    cli._received.clear()
+    cli._deferring.set()
+    try:
+        cli._raise_signalled(signal.SIGTERM, None)  # as if inside the import: must not raise
+    finally:
+        cli._deferring.clear()
+    with pytest.raises(cli._Terminated):
+        cli._import_engines()
+    cli._received.clear()
