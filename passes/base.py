@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from .graph import shared_names
+
 
 @dataclass(frozen=True)
 class PassOptions:
@@ -69,11 +71,12 @@ def replace_each(graph: gs.Graph, name: str, rewrite: Callable[[gs.Node], list[s
     write the node's outputs and returns their names, or returns None to leave the node;
     replaced nodes are then cleaned away."""
     result = PassResult(name)
-    for node in list(graph.nodes):
-        added = rewrite(node)
-        if added is not None:
-            result.removed.append(node.name)
-            result.added.extend(added)
+    with shared_names(graph):
+        for node in list(graph.nodes):
+            added = rewrite(node)
+            if added is not None:
+                result.removed.append(node.name)
+                result.added.extend(added)
     graph.cleanup()
     return result
 

@@ -10,14 +10,18 @@ that nothing else depended on the literal.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
+import onnx_ir as ir
 from onnxscript import optimizer
 
 from .base import PassOptions, PassResult
-from .graph import Builder
-from .shapes import inferred_types
-from .weights import adopt, export_light
+from .graph import Builder, shared_names
+from .shapes import dims_of, inferred_types
+from .weights import export_light
 
 BATCH = "batch"
 
@@ -100,67 +104,94 @@ def _multiples(values, rows: int) -> list[int]:
     return [i for i, v in enumerate(values) if v and v % rows == 0]
 
 
+def fold_shape_arithmetic(model: ir.Model) -> None:
+    """Fold what computes the shapes of a model exported at a fixed batch, in place, so that
+    :func:`any_batch` finds them as constants."""
+    optimizer.fold_constants(model, input_size_limit=_SHAPE_ELEMENTS, output_size_limit=_SHAPE_ELEMENTS)
+
+
 def any_batch(graph: gs.Graph, rows: int) -> list[str]:
-    """Make ``graph``, exported at a batch of ``rows``, run at any batch; the changed nodes.
+    """Make ``graph``, exported at a batch of ``rows`` (its shape arithmetic folded, see
+    :func:`fold_shape_arithmetic`), run at any batch; the changed nodes.
 
     ``rows`` is a prime larger than the graph's other dims' factors in practice (97), so a
     shape entry that is a multiple of it counts examples: ``k * rows`` is ``k`` per example.
-    The shape arithmetic is folded; then a Reshape target's one such entry becomes -1 (the
-    target's other entries are static, so -1 is the batch's share again), and an Expand,
-    ConstantOfShape or Tile shape gets that entry from the first input's batch at run time.
-    Raises :class:`BatchBaked` for anything else that holds a multiple of ``rows``.
+    A Reshape target's one such entry becomes -1 (the target's other entries are static, so
+    -1 is the batch's share again), and an Expand, ConstantOfShape or Tile shape gets that
+    entry from the first input's batch at run time. Raises :class:`BatchBaked` for anything
+    else that holds a multiple of ``rows``. Every value keeps its exported shape with the
+    batch written in (see :func:`per_example`).
     """
-    exported_shapes = {name: t.shape for name, t in graph.tensors().items() if isinstance(t, gs.Variable)}
-    light = export_light(graph)
-    if optimizer.fold_constants(light.proto, input_size_limit=_SHAPE_ELEMENTS,
-                                output_size_limit=_SHAPE_ELEMENTS).modified:
-        adopt(graph, light.proto, light.held)
-    graph.cleanup()
-    changed, rows_now = [], None
-    for node in list(graph.nodes):
-        slot = _SHAPE_INPUTS.get(node.op)
-        vector = _shape_vector(node.inputs[slot]) if slot is not None and len(node.inputs) > slot else None
-        found = _multiples(vector or (), rows)
-        if not found:
-            continue
-        if len(found) > 1:
-            raise BatchBaked(f"{node.op} '{node.name}' has a shape of {vector}, the batch in more than one place")
-        b = Builder(graph, node.name, np.int64)
-        (i,) = found
-        if node.op == "Reshape":
-            # -1 takes the batch's share when it is free; else 0 copies the input's batch
-            # dim, where the input had it on the same axis.
-            data = exported_shapes.get(node.inputs[0].name) or ()
-            if -1 not in vector:
-                vector[i] = -1
-            elif vector[i] == rows and len(data) > i and data[i] == rows and 0 not in vector:
-                vector[i] = 0
-                node.attrs["allowzero"] = 0  # no other 0 in the target, so it meant nothing before
+    # Every value's shape at the export batch: the exporter records most, not those inside
+    # the functions it inlines (attention's reshapes).
+    exported = inferred_types(export_light(graph).proto)
+    exported_shapes = {name: dims_of(tp) for name, tp in exported.items()}
+    changed: list[str] = []
+    rows_now: list[gs.Variable] = []  # the batch at run time, made at its first use
+    with shared_names(graph):
+        for node in list(graph.nodes):
+            slot = _SHAPE_INPUTS.get(node.op)
+            vector = _shape_vector(node.inputs[slot]) if slot is not None and len(node.inputs) > slot else None
+            found = _multiples(vector or (), rows)
+            if not found:
+                continue
+            if len(found) > 1:
+                raise BatchBaked(f"{node.op} '{node.name}' has a shape of {vector}, the batch in more than one place")
+            b = Builder(graph, node.name, np.int64)
+            if node.op == "Reshape":
+                node.inputs[slot] = b.ints(_reshape_target(node, vector, found[0], rows, exported_shapes), "any_batch")
             else:
-                raise BatchBaked(f"Reshape '{node.name}' has a shape of {vector}: -1 is taken, and the batch moves")
-            node.inputs[slot] = b.ints(vector, "any_batch")
-        else:
-            if rows_now is None:
-                rows_now = Builder(graph, "batch", np.int64).node("Shape", [graph.inputs[0]], "rows",
-                                                                  {"start": 0, "end": 1})
-            share = rows_now if vector[i] == rows else b.node("Mul", [rows_now, b.ints([vector[i] // rows], "k")],
-                                                              "batch_share")
-            parts = [*([b.ints(vector[:i], "head")] if i else []), share,
-                     *([b.ints(vector[i + 1:], "tail")] if i + 1 < len(vector) else [])]
-            node.inputs[slot] = b.node("Concat", parts, "any_batch", {"axis": 0}) if len(parts) > 1 else share
-        changed.append(node.name)
+                if not rows_now:
+                    rows_now.append(b.node("Shape", [graph.inputs[0]], "rows", {"start": 0, "end": 1}))
+                node.inputs[slot] = _shape_at_run_time(b, vector, found[0], rows, rows_now[0])
+            changed.append(node.name)
     graph.cleanup()
     _refuse_baked(graph, rows)
-    for tensor in graph.inputs:
-        if tensor.shape and tensor.shape[0] == rows:
-            tensor.shape = [BATCH, *tensor.shape[1:]]
-    for tensor in graph.tensors().values():
-        if isinstance(tensor, gs.Variable) and tensor in graph.outputs:
-            tensor.shape = [BATCH if d == rows else (None if isinstance(d, int) and _multiples([d], rows) else d)
-                            for d in tensor.shape] if tensor.shape else tensor.shape
-        elif isinstance(tensor, gs.Variable) and tensor not in graph.inputs:
-            tensor.dtype = tensor.shape = None  # recorded for the export batch: inference recomputes them
+    for name, tensor in graph.tensors().items():
+        shape = exported_shapes.get(name) if isinstance(tensor, gs.Variable) else None
+        if shape is not None:
+            tensor.shape = per_example(shape, rows)
+            if tensor.dtype is None and exported[name].tensor_type.elem_type:
+                tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(exported[name].tensor_type.elem_type)
     return changed
+
+
+def _reshape_target(node: gs.Node, vector: list[int], i: int, rows: int, exported_shapes) -> list[int]:
+    """The target with its entry ``i`` (k times the export batch) following the batch: -1
+    takes the batch's share when it is free; else 0 copies the input's batch dim, where the
+    input had it on the same axis."""
+    data = exported_shapes.get(node.inputs[0].name) or ()
+    if -1 not in vector:
+        return [*vector[:i], -1, *vector[i + 1:]]
+    if vector[i] == rows and len(data) > i and data[i] == rows and 0 not in vector:
+        node.attrs["allowzero"] = 0  # no other 0 in the target, so it meant nothing before
+        return [*vector[:i], 0, *vector[i + 1:]]
+    raise BatchBaked(f"Reshape '{node.name}' has a shape of {vector}: -1 is taken, and the batch moves")
+
+
+def _shape_at_run_time(b: Builder, vector: list[int], i: int, rows: int, rows_now: gs.Variable) -> gs.Variable:
+    """The shape ``vector`` with its entry ``i`` (k times the export batch) computed from
+    the batch at run time."""
+    share = rows_now if vector[i] == rows else b.node("Mul", [rows_now, b.ints([vector[i] // rows], "k")],
+                                                      "batch_share")
+    parts = [*([b.ints(vector[:i], "head")] if i else []), share,
+             *([b.ints(vector[i + 1:], "tail")] if i + 1 < len(vector) else [])]
+    return b.node("Concat", parts, "any_batch", {"axis": 0}) if len(parts) > 1 else share
+
+
+def per_example(shape, rows: int) -> list | None:
+    """An exported shape with its one multiple of ``rows`` written as the batch (``k*rows``
+    as ``"k*batch"``, as measuring writes it); None, for inference or measuring to fill,
+    when more than one dim is a multiple. ONNX's inference cannot follow the batch through
+    a Reshape to -1, and would leave every value after the first one unknown."""
+    found = _multiples([d if isinstance(d, int) else 0 for d in shape], rows)
+    if len(found) > 1:
+        return None
+    if found:
+        (i,) = found
+        k = shape[i] // rows
+        return [*shape[:i], BATCH if k == 1 else f"{k}*{BATCH}", *shape[i + 1:]]
+    return list(shape)
 
 
 _SHAPE_INPUTS = {"Reshape": 1, "Expand": 1, "ConstantOfShape": 0, "Tile": 1}
@@ -187,7 +218,8 @@ def _refuse_baked(graph: gs.Graph, rows: int) -> None:
             continue
         if _multiples(tensor.shape or (), rows):
             raise BatchBaked(f"the constant '{tensor.name}' has a row per example (shape {list(tensor.shape)})")
-        values = np.asarray(tensor.values) if tensor.values.size <= _SHAPE_ELEMENTS else None
+        small = math.prod(tensor.shape or ()) <= _SHAPE_ELEMENTS  # before reading: values load lazily
+        values = np.asarray(tensor.values) if small else None
         if values is not None and values.dtype.kind in "iu" and _multiples(values.reshape(-1).tolist(), rows):
             readers = ", ".join(f"{n.op} '{n.name}'" for n in tensor.outputs)
             raise BatchBaked(f"{readers} reads {values.tolist()}, which holds the export batch")

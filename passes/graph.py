@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -101,14 +102,35 @@ def other_input(node: gs.Node, tensor: gs.Tensor) -> gs.Tensor | None:
     return None
 
 
+# The names taken in a graph, by id(graph), while a pass adds nodes only through Builders.
+_SHARED_NAMES: dict[int, set[str]] = {}
+
+
+@contextlib.contextmanager
+def shared_names(graph: gs.Graph):
+    """Within, every Builder on ``graph`` shares one set of its taken names, built once: a
+    set per Builder made a pass that rewrites every node quadratic in the graph's size.
+    Only Builders may add names to ``graph`` meanwhile."""
+    _SHARED_NAMES[id(graph)] = _taken_names(graph)
+    try:
+        yield
+    finally:
+        del _SHARED_NAMES[id(graph)]
+
+
+def _taken_names(graph: gs.Graph) -> set[str]:
+    # Constants are named like nodes: a name must be new among both.
+    return {n.name for n in graph.nodes} | set(graph.tensors())
+
+
 class Builder:
     """Adds nodes named after the node they replace, with constants typed like the data."""
 
     def __init__(self, graph: gs.Graph, base: str, dtype=np.float32) -> None:
         self.graph, self.base, self.dtype = graph, base, dtype
         self.added: list[str] = []
-        # Constants are named like nodes: a name must be new among both.
-        self._taken = {n.name for n in graph.nodes} | set(graph.tensors())
+        shared = _SHARED_NAMES.get(id(graph))
+        self._taken = shared if shared is not None else _taken_names(graph)
 
     def _name(self, wanted: str) -> str:
         name = fresh_name(wanted, self._taken.__contains__)
@@ -123,7 +145,7 @@ class Builder:
         """Add ``op`` named ``<base>_<suffix>`` (``<base>`` for an empty suffix); its output."""
         name = self._name(f"{self.base}_{suffix}" if suffix else self.base)
         # No dtype on the new value: inference gives each op its own (Shape's is int64).
-        out = output if output is not None else gs.Variable(f"{name}_out")
+        out = output if output is not None else gs.Variable(self._name(f"{name}_out"))
         self.graph.nodes.append(gs.Node(op, name, attrs or {}, list(inputs), [out], domain=domain))
         self.added.append(name)
         return out

@@ -49,7 +49,7 @@ def inferred_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     return {vi.name: vi.type for vi in [*graph.value_info, *graph.output, *graph.input]}
 
 
-def _dims_of(tp: onnx.TypeProto) -> list[Dim] | None:
+def dims_of(tp: onnx.TypeProto) -> list[Dim] | None:
     if not tp.HasField("tensor_type") or not tp.tensor_type.HasField("shape"):
         return None
     return [d.dim_param if d.HasField("dim_param") else (d.dim_value if d.HasField("dim_value") else None)
@@ -74,7 +74,7 @@ def refresh_shapes(graph: gs.Graph) -> None:
         if tp.tensor_type.elem_type and tensor.dtype is None:
             tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(tp.tensor_type.elem_type)
         if not _fully_known(tensor.shape):
-            found = _dims_of(tp)
+            found = dims_of(tp)
             if found is not None:
                 tensor.shape = found
 
@@ -121,7 +121,7 @@ def measure(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]],
     if batch_inputs:
         first = batch_inputs[0]
         b1, b2 = (int(np.shape(feed[first.name])[0]) for feed in feeds[:2])
-        dims = _dims_of(first.type) or [None]
+        dims = dims_of(first.type) or [None]
         symbol = dims[0] if isinstance(dims[0], str) else "batch"
     found: dict[str, tuple] = {}
     for name, (dtype, shape) in runs[0].items():
@@ -175,7 +175,8 @@ def _known(tensor: gs.Variable, batch: set) -> bool:
     """Whether inference already gave ``tensor`` a type and dims that are numbers or the batch
     (what measuring would find: inference never disagreed with it on the architectures tested)."""
     return tensor.dtype is not None and tensor.shape is not None \
-        and all(isinstance(d, int) or d in batch for d in tensor.shape)
+        and all(isinstance(d, int) or d in batch or (isinstance(d, str) and d.partition("*")[2] in batch)
+                for d in tensor.shape)
 
 
 def _note_specialised(result: PassResult, graph: gs.Graph, feeds: Sequence[Mapping[str, np.ndarray]]) -> None:
@@ -205,7 +206,7 @@ def _specialise_inputs(graph: gs.Graph, feeds: Sequence[Mapping[str, np.ndarray]
 def static_bytes(tp: onnx.TypeProto, batch: int) -> int | None:
     """Bytes a value of type ``tp`` takes when its symbolic dims (the batch) are ``batch``;
     None when a dim is unknown."""
-    dims = _dims_of(tp)
+    dims = dims_of(tp)
     if dims is None or any(d is None for d in dims) or not tp.tensor_type.elem_type:
         return None
     itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tp.tensor_type.elem_type)).itemsize

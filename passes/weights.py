@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+import onnx_ir as ir
 from onnx import numpy_helper
 
 LARGE_BYTES = 1 << 20  # initializers from this size on are handed over by value, not serialized
@@ -98,15 +99,42 @@ class LightModel:
     held: dict[str, gs.Constant]
 
 
-def hold_apart(light: onnx.ModelProto, large: list[onnx.TensorProto]) -> LightModel:
+def hold_apart(light: onnx.ModelProto, large: list[onnx.TensorProto],
+               held: Mapping[str, gs.Constant] | None = None) -> LightModel:
     """The inverse of ``light_copy(..., as_inputs=True)`` without copying the weights: in place,
-    the inputs ``large`` became are placeholders again, and the constants read ``large``."""
-    names = {t.name for t in large}
-    kept = [vi for vi in light.graph.input if vi.name not in names]
+    the inputs ``large`` and the placeholders of ``held`` became are placeholders again; the
+    constants read ``large``, or are those of ``held``."""
+    held = {**(held or {}), **{t.name: gs.Constant(t.name, gs.ir.tensor.LazyValues(t)) for t in large}}
+    declared = {vi.name: vi.type.tensor_type for vi in light.graph.input}
+    kept = [vi for vi in light.graph.input if vi.name not in held]
     del light.graph.input[:]
     light.graph.input.extend(kept)
-    light.graph.initializer.extend(_placeholder(t.name, t.data_type, t.dims) for t in large)
-    return LightModel(light, {t.name: gs.Constant(t.name, gs.ir.tensor.LazyValues(t)) for t in large})
+    light.graph.initializer.extend(_placeholder(name, declared[name].elem_type, [d.dim_value for d in declared[name].shape.dim])
+                                   for name in held if name in declared)
+    return LightModel(light, held)
+
+
+def light_from_ir(model: ir.Model) -> LightModel:
+    """``model`` (onnx_ir's, as torch's exporter returns it) as a light model without copying
+    its large initializers: each is held as a read-only view of its tensor (the module's own
+    weights, which the importer copies and onnxruntime reads in place). Takes them out of
+    ``model``."""
+    held: dict[str, gs.Constant] = {}
+    for name, value in list(model.graph.initializers.items()):
+        tensor = value.const_value
+        if tensor is None or tensor.nbytes < LARGE_BYTES:
+            continue
+        array = tensor.numpy()
+        if not array.dtype.isbuiltin or array.dtype.kind not in "biuf":
+            continue  # bfloat16 and smaller floats: numpy has no type for them, the protobuf keeps them
+        array = array.view()
+        array.flags.writeable = False
+        held[name] = gs.Constant(name, array)
+        model.graph.initializers.pop(name)
+    proto = ir.serde.serialize_model(model)
+    proto.graph.initializer.extend(_placeholder(name, onnx.helper.np_dtype_to_tensor_dtype(c.values.dtype), c.shape)
+                                   for name, c in held.items())
+    return LightModel(proto, held)
 
 
 def _type_and_size(constant: gs.Constant) -> tuple[int, int] | None:

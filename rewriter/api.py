@@ -144,7 +144,7 @@ def _feeds(model: onnx.ModelProto, inputs: tuple[torch.Tensor, ...], extra_rows:
 class _Source:
     """A model ready for the passes, with what to verify the result against."""
 
-    proto: onnx.ModelProto  # as exported or read
+    proto: onnx.ModelProto  # as read, or as exported (its large weights as placeholders)
     prepared: LightModel  # checked, inlined, named; its large weights read from proto
     inputs: tuple[torch.Tensor, ...]  # check inputs (half precision ones as float32)
     references: list[Reference]
@@ -175,7 +175,7 @@ def _torch_source(model: nn.Module, inputs: tuple, exporter: str, opset: int | N
                                 torch_runner(model, half), half))
     exported = export_module(export_model, inputs, exporter=exporter, opset=opset)
     prepared, reused = normalize(exported.model)
-    return _Source(exported.model, prepared, inputs, references,
+    return _Source(exported.model.proto, prepared, inputs, references,
                    RewriteReport("torch", exported.exporter, exported.fallback_reason, reused),
                    _class_name(type(model).__name__))
 

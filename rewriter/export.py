@@ -11,13 +11,13 @@ import warnings
 from dataclasses import dataclass
 
 import onnx
-import onnx_graphsurgeon as gs
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import ExportError, describe
-from .passes.batch import BatchBaked, any_batch
+from .passes.batch import BatchBaked, any_batch, fold_shape_arithmetic
+from .passes.weights import LightModel, export_light, import_light, light_from_ir
 
 log = logging.getLogger("shaprewrite")
 
@@ -27,9 +27,10 @@ TORCHSCRIPT = "torchscript"
 
 @dataclass
 class ExportedModel:
-    """An exported model, the exporter that produced it, and why any earlier exporter failed."""
+    """An exported model (its large weights held apart, see ``passes.weights``), the exporter
+    that produced it, and why any earlier exporter failed."""
 
-    model: onnx.ModelProto
+    model: LightModel
     exporter: str
     input_names: list[str]
     fallback_reason: str | None = None
@@ -101,7 +102,7 @@ def _hooks_detached(model: nn.Module):
 _EXPORT_ROWS = (97, 101)
 
 
-def _export_dynamo(model: nn.Module, inputs: tuple, names: list[str], opset: int | None) -> onnx.ModelProto:
+def _export_dynamo(model: nn.Module, inputs: tuple, names: list[str], opset: int | None) -> LightModel:
     """Exported at a fixed batch and made batch-free: torch takes twice as long over a
     dynamic-shape export of a transformer (BERT-base 16 s against 7.5 s, ResNet-50 7.9 s
     against 5.3 s). Where the batch stays baked in, the dynamic-shape export."""
@@ -118,7 +119,7 @@ def _export_dynamo(model: nn.Module, inputs: tuple, names: list[str], opset: int
 _STATIC_EXPORT_BYTES = 1 << 28
 
 
-def _export_static(model: nn.Module, inputs: tuple, names: list[str], opset: int | None) -> onnx.ModelProto:
+def _export_static(model: nn.Module, inputs: tuple, names: list[str], opset: int | None) -> LightModel:
     sizes = {t.shape[0] + extra for t in inputs if t.dim() for extra in (0, 1)}
     rows = next(r for r in _EXPORT_ROWS if r not in sizes)
     size = sum(t[0].numel() * t.element_size() * rows for t in inputs if t.dim())
@@ -127,36 +128,37 @@ def _export_static(model: nn.Module, inputs: tuple, names: list[str], opset: int
     tiled = tuple(t[torch.arange(rows) % t.shape[0]] if t.dim() else t for t in inputs)
     with _quiet():
         exported = torch.onnx.export(model, tiled, dynamo=True, input_names=names, opset_version=opset,
-                                     verbose=False, optimize=False).model_proto
-    graph = gs.import_onnx(exported)
-    with _quiet():  # the folder warns of every weight it is not given
-        any_batch(graph, rows)
-    proto = gs.export_onnx(graph.toposort(), do_type_check=False)
+                                     verbose=False, optimize=False).model
+        fold_shape_arithmetic(exported)
+    source = light_from_ir(exported)
+    graph = import_light(source.proto, source.held)
+    any_batch(graph, rows)
+    light = export_light(graph.toposort())
     # The exporter's metadata names each node's torch module; graphsurgeon does not keep it.
-    metadata = {node.name: node.metadata_props for node in exported.graph.node}
-    for node in proto.graph.node:
+    metadata = {node.name: node.metadata_props for node in source.proto.graph.node}
+    for node in light.proto.graph.node:
         if node.name in metadata:
             node.metadata_props.extend(metadata[node.name])
-    proto.ir_version, proto.producer_name, proto.producer_version = (
-        exported.ir_version, exported.producer_name, exported.producer_version)
-    _check_batch_free(model, inputs, proto)
-    return proto
+    light.proto.ir_version, light.proto.producer_name, light.proto.producer_version = (
+        source.proto.ir_version, source.proto.producer_name, source.proto.producer_version)
+    _check_batch_free(model, inputs, light)
+    return light
 
 
-def _check_batch_free(model: nn.Module, inputs: tuple, proto: onnx.ModelProto) -> None:
+def _check_batch_free(model: nn.Module, inputs: tuple, light: LightModel) -> None:
     """The batch-free graph must compute the model on the example batch (not the export's)."""
     from .verify import OnnxRunner, Tolerance, as_list, compare
 
     with torch.no_grad():
         want = as_list(model(*inputs))
-    got = OnnxRunner(proto)(inputs)
-    names = [o.name for o in proto.graph.output]
+    got = OnnxRunner(light.proto, held=light.held)(inputs)
+    names = [o.name for o in light.proto.graph.output]
     bad = [d["output"] for d in compare(got, want, names, len(inputs[0]), Tolerance(), None) if not d["ok"]]
     if bad:
         raise BatchBaked(f"made batch-free, the graph differs from the model in {', '.join(map(str, bad))}")
 
 
-def _export_dynamic(model: nn.Module, inputs: tuple, names: list[str], opset: int | None) -> onnx.ModelProto:
+def _export_dynamic(model: nn.Module, inputs: tuple, names: list[str], opset: int | None) -> LightModel:
     batch = torch.export.Dim("batch")
     dynamic = tuple({0: batch} if t.dim() > 0 else {} for t in inputs)
     with _quiet():
@@ -164,7 +166,7 @@ def _export_dynamic(model: nn.Module, inputs: tuple, names: list[str], opset: in
                                     opset_version=opset, verbose=False, optimize=False)
     # optimize=False keeps BatchNormalization separate from Conv, so each layer keeps the
     # name of its own module; constant subgraphs the optimizer would fold, the importer folds.
-    return program.model_proto
+    return light_from_ir(program.model)
 
 
 class _DataDependentTrace(Exception):
@@ -219,7 +221,7 @@ class _BranchWatch(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def _export_torchscript(model: nn.Module, inputs: tuple, names: list[str], opset: int | None) -> onnx.ModelProto:
+def _export_torchscript(model: nn.Module, inputs: tuple, names: list[str], opset: int | None) -> LightModel:
     buffer = io.BytesIO()
     watch = _BranchWatch()
     with _quiet(), watch:
@@ -229,7 +231,7 @@ def _export_torchscript(model: nn.Module, inputs: tuple, names: list[str], opset
                           dynamic_axes={n: {0: "batch"} for n, t in zip(names, inputs) if t.dim() > 0})
     if watch.found:
         raise _DataDependentTrace(watch.found[0])
-    return onnx.load_from_string(buffer.getvalue())
+    return LightModel(onnx.load_from_string(buffer.getvalue()), {})
 
 
 def _check_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:

@@ -68,14 +68,15 @@ def parse_onnx(data: bytes, origin: str = "input") -> onnx.ModelProto:
     return model
 
 
-def normalize(model: onnx.ModelProto) -> tuple[LightModel, dict[str, list[str]]]:
+def normalize(source: onnx.ModelProto | LightModel) -> tuple[LightModel, dict[str, list[str]]]:
     """Check the model, inline its local functions, and give every node a readable unique name.
 
     Naming happens here, on the protobuf, because it reads exporter metadata that later
     graph tooling does not keep. Returns the new model, its large weights read from
-    ``model`` (not copied), and the reused torch modules found (see
+    ``source`` (or held by it; not copied), and the reused torch modules found (see
     :func:`rewriter.naming.assign_unique_names`).
     """
+    model, held = (source.proto, source.held) if isinstance(source, LightModel) else (source, {})
     newest = onnx.defs.onnx_opset_version()
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version > newest:
@@ -94,6 +95,6 @@ def normalize(model: onnx.ModelProto) -> tuple[LightModel, dict[str, list[str]]]
                          fix="repair or re-export the model; `python -m onnx.checker` shows details") from exc
     if light.functions:
         light = onnx.inliner.inline_local_functions(light)
-    prepared = hold_apart(light, large)
+    prepared = hold_apart(light, large, held)
     reused = assign_unique_names(prepared.proto.graph)
     return prepared, reused
