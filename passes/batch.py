@@ -114,37 +114,40 @@ def any_batch(graph: gs.Graph, rows: int) -> list[str]:
     """Make ``graph``, exported at a batch of ``rows`` (its shape arithmetic folded, see
     :func:`fold_shape_arithmetic`), run at any batch; the changed nodes.
 
-    ``rows`` is a prime larger than the graph's other dims' factors in practice (97), so a
-    shape entry that is a multiple of it counts examples: ``k * rows`` is ``k`` per example.
-    A Reshape target's one such entry becomes -1 (the target's other entries are static, so
-    -1 is the batch's share again), and an Expand, ConstantOfShape or Tile shape gets that
-    entry from the first input's batch at run time. Raises :class:`BatchBaked` for anything
-    else that holds a multiple of ``rows``. Every value keeps its exported shape with the
-    batch written in (see :func:`per_example`).
+    ``rows`` is a prime larger than the graph's other dims' factors in practice (97), so an
+    integer that is a multiple of it counts examples: ``k * rows`` is ``k`` per example. In
+    a small integer constant (a shape, a range's limit) that one entry follows the batch: a
+    Reshape target's becomes -1 (its other entries are static, so -1 is the batch's share
+    again), or 0 where the batch keeps its axis; any other reader gets the constant with the
+    entry computed from the batch at run time. Raises :class:`BatchBaked` for anything else
+    holding a multiple of ``rows`` (a constant with a row per example, an attribute). Every
+    value keeps its exported shape with the batch written in (see :func:`per_example`).
     """
     # Every value's shape at the export batch: the exporter records most, not those inside
     # the functions it inlines (attention's reshapes).
     exported = inferred_types(export_light(graph).proto)
     exported_shapes = {name: dims_of(tp) for name, tp in exported.items()}
+    source = next((t for t in graph.inputs if t.shape and t.shape[0] == rows), None)
     changed: list[str] = []
-    rows_now: list[gs.Variable] = []  # the batch at run time, made at its first use
     with shared_names(graph):
-        for node in list(graph.nodes):
-            slot = _SHAPE_INPUTS.get(node.op)
-            vector = _shape_vector(node.inputs[slot]) if slot is not None and len(node.inputs) > slot else None
-            found = _multiples(vector or (), rows)
+        batch = _RunTimeBatch(graph, source)
+        for tensor, values in _small_int_constants(graph):
+            found = _multiples(values.reshape(-1).tolist(), rows)
             if not found:
                 continue
             if len(found) > 1:
-                raise BatchBaked(f"{node.op} '{node.name}' has a shape of {vector}, the batch in more than one place")
-            b = Builder(graph, node.name, np.int64)
-            if node.op == "Reshape":
-                node.inputs[slot] = b.ints(_reshape_target(node, vector, found[0], rows, exported_shapes), "any_batch")
-            else:
-                if not rows_now:
-                    rows_now.append(b.node("Shape", [graph.inputs[0]], "rows", {"start": 0, "end": 1}))
-                node.inputs[slot] = _shape_at_run_time(b, vector, found[0], rows, rows_now[0])
-            changed.append(node.name)
+                raise BatchBaked(f"{_readers(tensor)} read {values.tolist()}, the batch in more than one place")
+            for node in list(tensor.outputs):
+                b = Builder(graph, node.name, np.int64)
+                if node.op == "Reshape" and node.inputs[1] is tensor:
+                    node.inputs[1] = b.ints(_reshape_target(node, values.tolist(), found[0], rows, exported_shapes),
+                                            "any_batch")
+                else:
+                    following = batch.share(b, values, found[0], rows)
+                    for k, read in enumerate(node.inputs):
+                        if read is tensor:
+                            node.inputs[k] = following
+                changed.append(node.name)
     graph.cleanup()
     _refuse_baked(graph, rows)
     for name, tensor in graph.tensors().items():
@@ -154,6 +157,34 @@ def any_batch(graph: gs.Graph, rows: int) -> list[str]:
             if tensor.dtype is None and exported[name].tensor_type.elem_type:
                 tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(exported[name].tensor_type.elem_type)
     return changed
+
+
+class _RunTimeBatch:
+    """The batch at run time, from the first input that carries it: made at its first use."""
+
+    def __init__(self, graph: gs.Graph, source: gs.Tensor | None) -> None:
+        self.graph, self.source = graph, source
+        self.rows: gs.Variable | None = None
+
+    def share(self, b: Builder, values: np.ndarray, i: int, rows: int) -> gs.Variable:
+        """``values`` (an integer constant) with its flat entry ``i``, ``k * rows``, computed as
+        ``k`` times the batch."""
+        if self.source is None:
+            raise BatchBaked(f"'{b.base}' reads the export batch, and no input carries it")
+        if self.rows is None:
+            self.rows = Builder(self.graph, "batch", np.int64).node("Shape", [self.source], "rows",
+                                                                    {"start": 0, "end": 1})
+        flat = values.reshape(-1).tolist()
+        share = self.rows if flat[i] == rows else b.node("Mul", [self.rows, b.ints([flat[i] // rows], "k")],
+                                                         "batch_share")
+        parts = [*([b.ints(flat[:i], "head")] if i else []), share,
+                 *([b.ints(flat[i + 1:], "tail")] if i + 1 < len(flat) else [])]
+        vector = b.node("Concat", parts, "any_batch", {"axis": 0}) if len(parts) > 1 else share
+        if values.ndim != 1:
+            vector = b.node("Reshape", [vector, b.ints(list(values.shape), "shape")], "any_batch_shape")
+        if values.dtype != np.int64:
+            vector = b.node("Cast", [vector], "any_batch_cast", {"to": onnx.helper.np_dtype_to_tensor_dtype(values.dtype)})
+        return vector
 
 
 def _reshape_target(node: gs.Node, vector: list[int], i: int, rows: int, exported_shapes) -> list[int]:
@@ -167,16 +198,6 @@ def _reshape_target(node: gs.Node, vector: list[int], i: int, rows: int, exporte
         node.attrs["allowzero"] = 0  # no other 0 in the target, so it meant nothing before
         return [*vector[:i], 0, *vector[i + 1:]]
     raise BatchBaked(f"Reshape '{node.name}' has a shape of {vector}: -1 is taken, and the batch moves")
-
-
-def _shape_at_run_time(b: Builder, vector: list[int], i: int, rows: int, rows_now: gs.Variable) -> gs.Variable:
-    """The shape ``vector`` with its entry ``i`` (k times the export batch) computed from
-    the batch at run time."""
-    share = rows_now if vector[i] == rows else b.node("Mul", [rows_now, b.ints([vector[i] // rows], "k")],
-                                                      "batch_share")
-    parts = [*([b.ints(vector[:i], "head")] if i else []), share,
-             *([b.ints(vector[i + 1:], "tail")] if i + 1 < len(vector) else [])]
-    return b.node("Concat", parts, "any_batch", {"axis": 0}) if len(parts) > 1 else share
 
 
 def per_example(shape, rows: int) -> list | None:
@@ -194,37 +215,41 @@ def per_example(shape, rows: int) -> list | None:
     return list(shape)
 
 
-_SHAPE_INPUTS = {"Reshape": 1, "Expand": 1, "ConstantOfShape": 0, "Tile": 1}
-
-
-def _shape_vector(tensor: gs.Tensor) -> list[int] | None:
-    """A constant shape operand's entries: an initializer's, or a Constant node's (the folder
-    leaves those as nodes)."""
-    if isinstance(tensor, gs.Constant):
-        value = tensor.values
-    else:
-        node = tensor.inputs[0] if tensor.inputs else None
-        if node is None or node.op != "Constant" or not node.attrs:
-            return None
-        value = next(iter(node.attrs.values()))
-        value = value.values if isinstance(value, gs.Constant) else value
-    array = np.asarray(value)
-    return [int(v) for v in array.reshape(-1)] if array.dtype.kind in "iu" else None
-
-
 def _refuse_baked(graph: gs.Graph, rows: int) -> None:
-    for tensor in graph.tensors().values():
-        if not isinstance(tensor, gs.Constant):
-            continue
+    for tensor, values in _small_int_constants(graph, every=True):
         if _multiples(tensor.shape or (), rows):
-            raise BatchBaked(f"the constant '{tensor.name}' has a row per example (shape {list(tensor.shape)})")
-        small = math.prod(tensor.shape or ()) <= _SHAPE_ELEMENTS  # before reading: values load lazily
-        values = np.asarray(tensor.values) if small else None
-        if values is not None and values.dtype.kind in "iu" and _multiples(values.reshape(-1).tolist(), rows):
-            readers = ", ".join(f"{n.op} '{n.name}'" for n in tensor.outputs)
-            raise BatchBaked(f"{readers} reads {values.tolist()}, which holds the export batch")
+            raise BatchBaked(f"the constant '{tensor.name}' read by {_readers(tensor)} has a row per example "
+                             f"(shape {list(tensor.shape)})")
+        if values is not None and _multiples(values.reshape(-1).tolist(), rows):
+            raise BatchBaked(f"{_readers(tensor)} read {values.tolist()}, which holds the export batch")
     for node in graph.nodes:
         for name, value in node.attrs.items():
             ints = value if isinstance(value, (list, tuple)) else [value]
             if all(isinstance(v, int) for v in ints) and _multiples(ints, rows):
                 raise BatchBaked(f"{node.op} '{node.name}' has {name}={value}, which holds the export batch")
+
+
+def _small_int_constants(graph: gs.Graph, every: bool = False) -> list[tuple[gs.Tensor, np.ndarray | None]]:
+    """The tensors holding constant integers of a few elements (a shape, an index, a range's
+    limit), with their values: initializers and Constant nodes' outputs (the folder writes
+    what it folds as nodes). ``every``: all constants, with None for the values of the rest."""
+    found = []
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant):
+            value = tensor
+        elif tensor.inputs and tensor.inputs[0].op == "Constant" and tensor.inputs[0].attrs:
+            value = next(iter(tensor.inputs[0].attrs.values()))
+        else:
+            continue
+        shape = value.shape if isinstance(value, gs.Constant) else np.shape(value)
+        small = math.prod(shape or ()) <= _SHAPE_ELEMENTS  # before reading: values load lazily
+        array = np.asarray(value.values if isinstance(value, gs.Constant) else value) if small else None
+        if array is not None and array.dtype.kind not in "iu":
+            array = None
+        if array is not None or every:
+            found.append((tensor, array))
+    return found
+
+
+def _readers(tensor: gs.Tensor) -> str:
+    return ", ".join(f"{n.op} '{n.name}'" for n in tensor.outputs) or f"nothing ('{tensor.name}')"

@@ -150,6 +150,7 @@ class _Source:
     references: list[Reference]
     report: RewriteReport
     class_name: str
+    fixed_batch: bool = False  # exported at a fixed batch and made batch-free
 
 
 def _half_dtype(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.dtype | None:
@@ -161,23 +162,23 @@ def _as_float32(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     return tuple(t.float() if isinstance(t, torch.Tensor) and t.dtype in _HALF else t for t in inputs)
 
 
-def _torch_source(model: nn.Module, inputs: tuple, exporter: str, opset: int | None) -> _Source:
+def _torch_source(model: nn.Module, inputs: tuple, exporter: str, opset: int | None, fixed_batch: bool) -> _Source:
     """A half precision model is exported from a float32 copy (what the result will be), and
     checked against both: tightly against the copy, within half precision against itself."""
     half = _half_dtype(model, inputs)
+    export_model, inputs = (copy.deepcopy(model).float(), _as_float32(inputs)) if half is not None else (model, inputs)
+    exported = export_module(export_model, inputs, exporter=exporter, opset=opset, fixed_batch=fixed_batch)
+    # The export ran the model it exported on the inputs: verification takes those outputs.
+    seen = torch_runner(export_model, known=(inputs, exported.outputs))
     references: list[Reference] = []
     if half is not None:
-        export_model, inputs = copy.deepcopy(model).float(), _as_float32(inputs)
-        references.append(Reference("float32 copy of the model", torch_runner(export_model)))
-    else:
-        export_model = model
+        references.append(Reference("float32 copy of the model", seen))
     references.append(Reference("model" if half is None else f"model ({str(half).removeprefix('torch.')})",
-                                torch_runner(model, half), half))
-    exported = export_module(export_model, inputs, exporter=exporter, opset=opset)
+                                seen if half is None else torch_runner(model, half), half))
     prepared, reused = normalize(exported.model)
-    return _Source(exported.model.proto, prepared, inputs, references,
-                   RewriteReport("torch", exported.exporter, exported.fallback_reason, reused),
-                   _class_name(type(model).__name__))
+    report = RewriteReport("torch", exported.exporter, exported.fallback_reason, reused, notes=exported.notes)
+    return _Source(exported.model.proto, prepared, inputs, references, report, _class_name(type(model).__name__),
+                   exported.fixed_batch)
 
 
 def _onnx_source(proto: onnx.ModelProto, inputs: tuple, dims: Mapping[str, int], need_inputs: bool = True) -> _Source:
@@ -237,16 +238,16 @@ class _Clock:
         except Exception as exc:  # malformed input that passed the checks, or a bug: typed either way
             error, fix = _STAGE_ERRORS[key]
             raise error(f"failed while {message}: {describe(exc)}", fix=fix) from exc
-        self.timings[key] = time.perf_counter() - start
+        self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
 
 
 def _read(model: ModelSource, example_inputs: tuple, dims, exporter: str, opset: int | None, clock: _Clock,
-          need_inputs: bool = True) -> _Source:
+          need_inputs: bool = True, fixed_batch: bool = True) -> _Source:
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise InputError(f"unknown exporter '{exporter}'", fix="use 'auto', 'dynamo' or 'torchscript'")
     if isinstance(model, nn.Module):
         with clock.stage("export", "exporting to ONNX"):
-            return _torch_source(model, example_inputs, exporter, opset)
+            return _torch_source(model, example_inputs, exporter, opset, fixed_batch)
     with clock.stage("load", "reading the ONNX model"):
         return _onnx_source(_load_source(model), example_inputs, dims or {}, need_inputs)
 
@@ -298,20 +299,19 @@ def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str
             info.verification = verify(module, references, inputs, output_names, Tolerance(atol, rtol))
     else:
         source = _read(model, tuple(example_inputs), dims, exporter, opset, clock)
-        info, inputs = source.report, source.inputs
         options = PassOptions(dynamic_batch, decompose_clips, max_tensor_bytes=max_tensor_bytes)
-        plan = _second_batch(source.proto, dynamic_batch) if info.source == "onnx" else _SecondBatch(1, None)
+        tolerance = Tolerance(atol, rtol)
         try:
-            module = _convert_and_verify(source, options, plan, Tolerance(atol, rtol), clock)
+            module = _rewrite_source(source, options, tolerance, clock)
         except ShapRewriteError as exc:
-            if not plan.made_dynamic:
+            if not source.fixed_batch or isinstance(exc, (UnsupportedOpError, InputError)):
                 raise
-            # The graph depends on its fixed batch (it mixes rows, or its other inputs
-            # share that leading dim without being batched): keep it fixed.
-            info.notes.append(f"the fixed batch of {plan.extra_rows} was kept: made dynamic, {exc.message}")
-            options = dataclasses.replace(options, dynamic_batch=False)
-            module = _convert_and_verify(source, options, _second_batch(source.proto, False), Tolerance(atol, rtol),
-                                         clock)
+            # Exported at a fixed batch, the graph still held it somewhere (verification is the
+            # check of that): the dynamic-shape export, which costs more.
+            source = _read(model, tuple(example_inputs), dims, exporter, opset, clock, fixed_batch=False)
+            source.report.notes.insert(0, f"exported with a dynamic batch (slower): at a fixed batch, {exc.message}")
+            module = _rewrite_source(source, options, tolerance, clock)
+        info, inputs = source.report, source.inputs
     info.nodes = classify(module)
     if check:
         with clock.stage("check", "checking additivity with the explainers"):
@@ -321,6 +321,22 @@ def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str
             info.check = self_check(module, background, rows)
     info.timings = clock.timings
     return (module, info) if report else module
+
+
+def _rewrite_source(source: _Source, options: PassOptions, tolerance: Tolerance, clock: _Clock) -> nn.Module:
+    """Passes, import and verification; a fixed batch the passes made dynamic is kept fixed
+    when verification finds the graph depends on it."""
+    plan = _second_batch(source.proto, options.dynamic_batch) if source.report.source == "onnx" else _SecondBatch(1, None)
+    try:
+        return _convert_and_verify(source, options, plan, tolerance, clock)
+    except ShapRewriteError as exc:
+        if not plan.made_dynamic:
+            raise
+        # The graph depends on its fixed batch (it mixes rows, or its other inputs
+        # share that leading dim without being batched): keep it fixed.
+        source.report.notes.append(f"the fixed batch of {plan.extra_rows} was kept: made dynamic, {exc.message}")
+        return _convert_and_verify(source, dataclasses.replace(options, dynamic_batch=False),
+                                   _second_batch(source.proto, False), tolerance, clock)
 
 
 def _convert_and_verify(source: _Source, options: PassOptions, plan: _SecondBatch, tolerance: Tolerance,

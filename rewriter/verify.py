@@ -78,10 +78,14 @@ def as_list(outputs) -> list[torch.Tensor]:
                             fix="make forward() return a tensor or a tuple of tensors")
 
 
-def torch_runner(model: torch.nn.Module, float_dtype: torch.dtype | None = None) -> Runner:
+def torch_runner(model: torch.nn.Module, float_dtype: torch.dtype | None = None,
+                 known: tuple[Sequence[torch.Tensor], list[torch.Tensor]] | None = None) -> Runner:
     """Runs ``model``; with ``float_dtype``, float inputs are cast to it first (a half
-    precision source fed the float32 check inputs)."""
+    precision source fed the float32 check inputs). ``known``: inputs and the model's
+    outputs on them, already computed (by the export); given for those very tensors."""
     def run(inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        if known is not None and len(inputs) == len(known[0]) and all(a is b for a, b in zip(inputs, known[0])):
+            return list(known[1])
         if float_dtype is not None:
             inputs = [t.to(float_dtype) if t.is_floating_point() else t for t in inputs]
         with torch.no_grad():

@@ -100,3 +100,27 @@ def test_the_batch_in_two_entries_of_a_shape_is_refused_by_node():
     model = build(nodes, {"x": [ROWS, ROWS]}, [const("target", np.array([ROWS, 1, ROWS], np.int64))])
     with pytest.raises(BatchBaked, match="'odd'"):
         _batch_free(model)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32])
+def test_a_range_over_the_batch_takes_its_limit_from_the_batch_at_run_time(dtype):
+    """``x[arange(batch)]`` (GPT-2's last-token pick): the limit, a scalar, follows the batch
+    in the constant's own integer type."""
+    nodes = [helper.make_node("Range", ["zero", "limit", "one"], ["rows"], name="arange"),
+             helper.make_node("Gather", ["x", "rows"], ["y"], name="pick", axis=0)]
+    model = build(nodes, {"x": [ROWS, 3]}, [const("zero", np.array(0, dtype)), const("limit", np.array(ROWS, dtype)),
+                                            const("one", np.array(1, dtype))])
+    after, changed = _batch_free(model)
+    assert changed == ["arange"]
+    for rows in (2, 5):
+        x = randn(rows, 3)
+        np.testing.assert_array_equal(run(after, {"x": x})[0], x)
+
+
+def test_a_float_holding_the_batch_is_not_seen_here():
+    """What no rule can see (a float computed from the batch in Python) stays: verification
+    at other batches finds it (see test_pipeline)."""
+    nodes = [helper.make_node("Mul", ["x", "scale"], ["y"], name="scale")]
+    model = build(nodes, {"x": [ROWS, 3]}, [const("scale", np.array(float(ROWS), np.float32))])
+    after, changed = _batch_free(model)
+    assert changed == [] and run(after, {"x": np.ones((2, 3), np.float32)})[0][0, 0] == ROWS

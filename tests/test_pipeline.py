@@ -212,8 +212,8 @@ def test_a_transformer_exported_at_a_fixed_batch_runs_at_any_batch():
 
 
 class PerRowPick(nn.Module):
-    """Indexes each row with ``arange(batch)``: a range a static export writes with the batch
-    as a number, so the export falls back to a dynamic batch."""
+    """Indexes each row with ``arange(batch)`` (GPT-2's last-token pick): a range whose limit
+    a static export writes as a number."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -222,6 +222,17 @@ class PerRowPick(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.fc(x))
         return h[torch.arange(x.shape[0]), torch.zeros(x.shape[0], dtype=torch.long)].unsqueeze(1) * h
+
+
+class BatchScaled(nn.Module):
+    """Scales by the square root of the batch size: a float the trace computes in Python."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * x.shape[0] ** 0.5
 
 
 def _debug_messages(run) -> list[str]:
@@ -239,14 +250,25 @@ def _debug_messages(run) -> list[str]:
     return said
 
 
-def test_a_batch_a_static_export_bakes_in_falls_back_to_the_dynamic_export():
+def test_a_range_over_the_batch_follows_the_batch_after_a_static_export():
     model = PerRowPick().eval()
-    rewritten = []
-    said = _debug_messages(lambda: rewritten.append(rewrite(model, torch.randn(3, 4))))
-    assert any("exporting with a dynamic batch" in message for message in said)
+    rewritten, report = rewrite(model, torch.randn(3, 4), report=True)
+    assert not any("dynamic batch" in note for note in report.notes)
     x = torch.randn(6, 4)
     with torch.no_grad():
-        torch.testing.assert_close(rewritten[0](x), model(x))
+        torch.testing.assert_close(rewritten(x), model(x))
+
+
+def test_a_batch_a_static_export_bakes_in_is_found_by_verification_and_exported_again():
+    """The static export writes sqrt(97) as a number no shape rule can see; verification at
+    two other batches finds it, and the dynamic export computes it from the batch."""
+    model = BatchScaled().eval()
+    rewritten, report = rewrite(model, torch.randn(3, 4), report=True)
+    assert report.notes[0].startswith("exported with a dynamic batch (slower): at a fixed batch, the rewritten "
+                                      "model does not match the source")
+    x = torch.randn(6, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(rewritten(x), model(x))
 
 
 def test_inputs_too_large_to_repeat_for_the_export_batch_are_exported_with_a_dynamic_batch(monkeypatch):
@@ -255,3 +277,5 @@ def test_inputs_too_large_to_repeat_for_the_export_batch_are_exported_with_a_dyn
     monkeypatch.setattr(rewriter.export, "_STATIC_EXPORT_BYTES", 1000)
     said = _debug_messages(lambda: rewrite(FunctionalMLP().eval(), torch.randn(3, 10)))
     assert any("MiB" in message and "dynamic batch" in message for message in said)
+    _, report = rewrite(FunctionalMLP().eval(), torch.randn(3, 10), report=True)
+    assert any("MiB" in note and "dynamic batch" in note for note in report.notes)
