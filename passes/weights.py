@@ -10,7 +10,8 @@ placeholder declared as external data; onnxruntime receives the values themselve
 The passes work on an onnx-graphsurgeon graph and export it many times (for inference, for
 onnxruntime, for onnxscript's folder); :func:`export_light` exports it with placeholders
 from the start, so no export copies the weights, and :func:`adopt` takes an edited export
-back with the graph's own constants in the placeholders' places.
+back with the graph's own constants in the placeholders' places. A torch export is light
+from the start: :func:`light_from_ir` holds read-only views of the module's own tensors.
 """
 
 from __future__ import annotations

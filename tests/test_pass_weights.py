@@ -127,3 +127,36 @@ def test_training_the_loaded_module_moves_its_tied_weights_together(tmp_path):
     with torch.no_grad():
         first.weight.add_(1.0)
     torch.testing.assert_close(first.weight, second.weight)
+
+
+class _Wide(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = torch.nn.Linear(WIDTH, WIDTH), torch.nn.Linear(WIDTH, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(torch.relu(self.first(x)))
+
+
+def test_the_export_holds_the_modules_own_weights_read_only_without_a_copy():
+    from rewriter.export import export_module
+
+    model = _Wide().eval()
+    exported = export_module(model, (torch.randn(3, WIDTH),), exporter="dynamo")
+    (held,) = exported.model.held.values()
+    assert np.shares_memory(held.values, model.first.weight.detach().numpy())
+    assert not held.values.flags.writeable
+    placeholders = [t for t in exported.model.proto.graph.initializer if t.data_location == TensorProto.EXTERNAL]
+    assert [t.name for t in placeholders] == [held.name] and not placeholders[0].raw_data
+
+
+def test_the_rewritten_module_owns_its_weights_so_training_the_source_leaves_it_as_it_was():
+    model = _Wide().eval()
+    x = torch.randn(4, WIDTH)
+    module = rewriter.rewrite(model, x)
+    before = module(x).detach().clone()
+    with torch.no_grad():
+        model.first.weight.add_(1.0)
+    torch.testing.assert_close(module(x), before, rtol=0, atol=0)
+    sources = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    assert not sources & {p.untyped_storage().data_ptr() for p in module.parameters()}
