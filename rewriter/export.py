@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import io
 import logging
@@ -107,6 +108,35 @@ def _hooks_detached(model: nn.Module):
 _EXPORT_ROWS = (97, 101)
 
 
+def _dynamo_export(model: nn.Module, inputs: tuple, names: list[str], opset: int | None, dynamic=None):
+    """``torch.onnx.export(..., dynamo=True, optimize=False)``, with torch's table of op
+    translations built once per process: the public call builds it anew every time (0.9 s,
+    an eighth of a ResNet-50 export). The exporter's own entry point takes the table; where
+    this torch has none that does, the public call."""
+    # optimize=False keeps BatchNormalization separate from Conv, so each layer keeps the
+    # name of its own module; constant subgraphs the optimizer would fold, the importer folds.
+    options = {"dynamic_shapes": dynamic, "input_names": names, "verbose": False, "optimize": False}
+    try:
+        from torch.onnx import _constants as onnx_constants
+        from torch.onnx._internal.exporter import _constants, _core
+
+        version = opset if opset is not None else onnx_constants.ONNX_DEFAULT_OPSET
+        if "registry" not in inspect.signature(_core.export).parameters:
+            raise ImportError("no registry parameter")
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return torch.onnx.export(model, inputs, dynamo=True, opset_version=opset, **options)
+    registry = _torchlib_registry(max(version, _constants.TORCHLIB_OPSET))
+    return _core.export(model, inputs, registry=registry, opset_version=version, **options)
+
+
+@functools.lru_cache(maxsize=4)
+def _torchlib_registry(opset: int):
+    """torch's translations of its ops to ONNX at ``opset``; only read by an export."""
+    from torch.onnx._internal.exporter import _registration
+
+    return _registration.ONNXRegistry.from_torchlib(opset_version=opset)
+
+
 # The export batch is real memory (tracing reads the inputs' strides, so they cannot be
 # broadcast views): past this many bytes, the dynamic export costs less than the copy.
 _STATIC_EXPORT_BYTES = 1 << 28
@@ -123,8 +153,7 @@ def _export_fixed_batch(model: nn.Module, inputs: tuple, names: list[str], opset
         raise BatchBaked(f"{rows} rows of the inputs would take {size / 2**20:.0f} MiB")
     tiled = tuple(t[torch.arange(rows) % t.shape[0]] if t.dim() else t for t in inputs)
     with _quiet():
-        exported = torch.onnx.export(model, tiled, dynamo=True, input_names=names, opset_version=opset,
-                                     verbose=False, optimize=False).model
+        exported = _dynamo_export(model, tiled, names, opset).model
         fold_shape_arithmetic(exported)
     source = light_from_ir(exported)
     graph = import_light(source.proto, source.held)
@@ -144,10 +173,7 @@ def _export_dynamic(model: nn.Module, inputs: tuple, names: list[str], opset: in
     batch = torch.export.Dim("batch")
     dynamic = tuple({0: batch} if t.dim() > 0 else {} for t in inputs)
     with _quiet():
-        program = torch.onnx.export(model, inputs, dynamo=True, dynamic_shapes=dynamic, input_names=names,
-                                    opset_version=opset, verbose=False, optimize=False)
-    # optimize=False keeps BatchNormalization separate from Conv, so each layer keeps the
-    # name of its own module; constant subgraphs the optimizer would fold, the importer folds.
+        program = _dynamo_export(model, inputs, names, opset, dynamic)
     return light_from_ir(program.model)
 
 
