@@ -64,10 +64,14 @@ def refresh_shapes(graph: gs.Graph) -> None:
     """Infer the type and shape of every tensor not yet fully known (what a pass added)."""
     from .functions import attach_functions  # functions imports graph helpers this module uses
 
+    tensors = graph.tensors()
+    if all(tensor.dtype is not None and _fully_known(tensor.shape) for tensor in tensors.values()
+           if isinstance(tensor, gs.Variable)):
+        return  # all recorded already (an export at a fixed batch records every value)
     model = export_light(graph).proto
     attach_functions(model)
     types = inferred_types(model)
-    for name, tensor in graph.tensors().items():
+    for name, tensor in tensors.items():
         tp = types.get(name)
         if not isinstance(tensor, gs.Variable) or tp is None or not tp.HasField("tensor_type"):
             continue
