@@ -131,19 +131,21 @@ def any_batch(graph: gs.Graph, rows: int) -> list[str]:
     changed: list[str] = []
     with shared_names(graph):
         batch = _RunTimeBatch(graph, source)
-        for tensor, values in _small_int_constants(graph):
+        for tensor, _, values in _small_int_constants(graph):
             found = _multiples(values.reshape(-1).tolist(), rows)
             if not found:
                 continue
             if len(found) > 1:
                 raise BatchBaked(f"{_readers(tensor)} read {values.tolist()}, the batch in more than one place")
+            following = None  # the constant computed from the batch, shared by its readers
             for node in list(tensor.outputs):
                 b = Builder(graph, node.name, np.int64)
                 if node.op == "Reshape" and node.inputs[1] is tensor:
                     node.inputs[1] = b.ints(_reshape_target(node, values.tolist(), found[0], rows, exported_shapes),
                                             "any_batch")
                 else:
-                    following = batch.share(b, values, found[0], rows)
+                    if following is None:
+                        following = batch.share(b, values, found[0], rows)
                     for k, read in enumerate(node.inputs):
                         if read is tensor:
                             node.inputs[k] = following
@@ -216,10 +218,10 @@ def per_example(shape, rows: int) -> list | None:
 
 
 def _refuse_baked(graph: gs.Graph, rows: int) -> None:
-    for tensor, values in _small_int_constants(graph, every=True):
-        if _multiples(tensor.shape or (), rows):
+    for tensor, shape, values in _small_int_constants(graph, every=True):
+        if _multiples(shape, rows):
             raise BatchBaked(f"the constant '{tensor.name}' read by {_readers(tensor)} has a row per example "
-                             f"(shape {list(tensor.shape)})")
+                             f"(shape {list(shape)})")
         if values is not None and _multiples(values.reshape(-1).tolist(), rows):
             raise BatchBaked(f"{_readers(tensor)} read {values.tolist()}, which holds the export batch")
     for node in graph.nodes:
@@ -229,10 +231,11 @@ def _refuse_baked(graph: gs.Graph, rows: int) -> None:
                 raise BatchBaked(f"{node.op} '{node.name}' has {name}={value}, which holds the export batch")
 
 
-def _small_int_constants(graph: gs.Graph, every: bool = False) -> list[tuple[gs.Tensor, np.ndarray | None]]:
+def _small_int_constants(graph: gs.Graph, every: bool = False) -> list[tuple[gs.Tensor, tuple, np.ndarray | None]]:
     """The tensors holding constant integers of a few elements (a shape, an index, a range's
-    limit), with their values: initializers and Constant nodes' outputs (the folder writes
-    what it folds as nodes). ``every``: all constants, with None for the values of the rest."""
+    limit), with their shapes and values: initializers and Constant nodes' outputs (the
+    folder writes what it folds as nodes). ``every``: all constants, with None for the
+    values of the rest."""
     found = []
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Constant):
@@ -241,13 +244,13 @@ def _small_int_constants(graph: gs.Graph, every: bool = False) -> list[tuple[gs.
             value = next(iter(tensor.inputs[0].attrs.values()))
         else:
             continue
-        shape = value.shape if isinstance(value, gs.Constant) else np.shape(value)
-        small = math.prod(shape or ()) <= _SHAPE_ELEMENTS  # before reading: values load lazily
+        shape = tuple(value.shape if isinstance(value, gs.Constant) else np.shape(value))
+        small = math.prod(shape) <= _SHAPE_ELEMENTS  # before reading: values load lazily
         array = np.asarray(value.values if isinstance(value, gs.Constant) else value) if small else None
         if array is not None and array.dtype.kind not in "iu":
             array = None
         if array is not None or every:
-            found.append((tensor, array))
+            found.append((tensor, shape, array))
     return found
 
 

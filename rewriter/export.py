@@ -121,8 +121,8 @@ def _dynamo_export(model: nn.Module, inputs: tuple, names: list[str], opset: int
         from torch.onnx._internal.exporter import _constants, _core
 
         version = opset if opset is not None else onnx_constants.ONNX_DEFAULT_OPSET
-        if "registry" not in inspect.signature(_core.export).parameters:
-            raise ImportError("no registry parameter")
+        if not {"registry", "opset_version", *options} <= set(inspect.signature(_core.export).parameters):
+            raise ImportError("the exporter's entry point takes other parameters")
     except (ImportError, AttributeError, TypeError, ValueError):
         return torch.onnx.export(model, inputs, dynamo=True, opset_version=opset, **options)
     registry = _torchlib_registry(max(version, _constants.TORCHLIB_OPSET))
