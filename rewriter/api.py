@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .check import self_check
+from .concurrency import GATE
 from .errors import (
     AdditivityError,
     ConversionError,
@@ -292,7 +293,7 @@ def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str
         # Already rewritten: the passes have nothing left to do; return a verified copy.
         module, info = copy.deepcopy(model), RewriteReport("torch")
         inputs, references = tuple(example_inputs), [Reference("model", torch_runner(model))]
-        with torch.no_grad():
+        with GATE.run(), torch.no_grad():
             count = len(as_list(model(*inputs)))
         output_names = [f"output_{i}" for i in range(count)]
         with clock.stage("verify", "verifying against the source"):

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .concurrency import GATE
 from .errors import InputError, describe
 
 
@@ -94,6 +95,11 @@ def captum_additivity_error(model: nn.Module, baselines: Sequence[torch.Tensor],
 
 def self_check(model: nn.Module, background: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]) -> dict:
     """Run every installed explainer on every output; the worst errors, per explainer."""
+    with GATE.run():
+        return _self_check(model, background, inputs)
+
+
+def _self_check(model: nn.Module, background: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]) -> dict:
     found: dict[str, float | str] = {}
     views = explainable_outputs(model, inputs)
     rows = min(len(inputs[0]), len(background[0]))

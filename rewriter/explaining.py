@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .check import OutputView, drop_shap_leftovers
+from .concurrency import GATE
 from .errors import AdditivityError, EngineError, InputError, describe
 from .result import ExplainableModule
 
@@ -128,29 +129,31 @@ class BatchExplainer:
         self.device = _device(device)
         self.view = OutputView(model.to(self.device).eval(), output)
         self.background = tuple(torch.as_tensor(b, device=self.device) for b in background)
-        with torch.no_grad():
-            outputs = self.view(*self.background)
-        self.reference = outputs.mean(0)
-        self.floor = max(1e-3 * (outputs - self.reference).abs().max().item(), 1e-12)
         self.explainer = explainer
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if explainer == "shap":
-                import shap
+        with GATE.run():
+            with torch.no_grad():
+                outputs = self.view(*self.background)
+            self.reference = outputs.mean(0)
+            self.floor = max(1e-3 * (outputs - self.reference).abs().max().item(), 1e-12)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if explainer == "shap":
+                    import shap
 
-                self.engine = shap.DeepExplainer(self.view, _unwrap(self.background))
-            else:
-                from captum.attr import DeepLiftShap
+                    self.engine = shap.DeepExplainer(self.view, _unwrap(self.background))
+                else:
+                    from captum.attr import DeepLiftShap
 
-                self.engine = DeepLiftShap(self.view)
+                    self.engine = DeepLiftShap(self.view)
 
     def __call__(self, batch: Sequence[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
         xs = tuple(torch.as_tensor(x, device=self.device) for x in batch)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            values = self._shap(xs) if self.explainer == "shap" else self._captum(xs)
-        with torch.no_grad():
-            delta = (self.view(*xs) - self.reference).cpu().numpy()
+        with GATE.run():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                values = self._shap(xs) if self.explainer == "shap" else self._captum(xs)
+            with torch.no_grad():
+                delta = (self.view(*xs) - self.reference).cpu().numpy()
         totals = sum(v.reshape(v.shape[0], -1, v.shape[-1]).sum(axis=1, dtype=np.float64) for v in values)
         scale = np.maximum(np.abs(delta).max(axis=1), self.floor)
         return values, np.abs(totals - delta).max(axis=1) / scale
@@ -202,7 +205,7 @@ def _check_model_runs(model: nn.Module, xs: tuple[np.ndarray, ...], bg: tuple[np
     """Fail here, with the model's own words, rather than inside an explainer or a worker."""
     where = _device(device)
     view = OutputView(model.to(where).eval(), output)
-    with torch.no_grad():
+    with GATE.run(), torch.no_grad():
         for rows in (xs, bg):
             view(*(torch.as_tensor(r[:1], device=where) for r in rows))
 

@@ -7,7 +7,6 @@ import functools
 import inspect
 import io
 import logging
-import threading
 import warnings
 from dataclasses import dataclass, field
 
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .concurrency import GATE
 from .errors import ExportError, describe
 from .passes.batch import BatchBaked, any_batch, fold_shape_arithmetic
 from .passes.weights import LightModel, export_light, import_light, light_from_ir
@@ -65,7 +65,7 @@ def _quiet():
     """Silence the exporters' warnings and log lines; everything is restored afterwards.
 
     Logger levels and warning filters are process-wide, so this runs only under
-    :data:`_EXPORT_LOCK`. Nothing is printed on stdout with ``verbose=False``, so stdout is
+    the export side of :data:`~rewriter.concurrency.GATE`. Nothing is printed on stdout with ``verbose=False``, so stdout is
     never touched.
     """
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
@@ -246,7 +246,7 @@ def _check_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[t
     """The model's outputs on the inputs: it must run on them and return a tensor or a
     tuple/list of tensors."""
     try:
-        with torch.no_grad():
+        with GATE.run(), torch.no_grad():
             out = model(*inputs)
     except Exception as exc:  # whatever the model raises
         raise ExportError(f"the model fails on the example inputs: {describe(exc)}",
@@ -260,11 +260,6 @@ def _check_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[t
 
 
 _EXPORTERS = {DYNAMO: _export_dynamic, TORCHSCRIPT: _export_torchscript}
-
-
-# torch's exporters are not re-entrant (the tracer, dynamo's caches), and silencing them
-# touches process-wide logger levels and warning filters: one export at a time.
-_EXPORT_LOCK = threading.Lock()
 
 
 def export_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], *, exporter: str = "auto",
@@ -289,7 +284,7 @@ def export_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], *, exporte
     outputs = _check_outputs(model, inputs)
     names = input_names_for(model, len(inputs))
     order = [DYNAMO, TORCHSCRIPT] if exporter == "auto" else [exporter]
-    with _EXPORT_LOCK:
+    with GATE.export():
         exported = _export_in_order(model, at_least_batch_two(inputs), names, order, opset, fixed_batch)
     exported.outputs = outputs
     return exported

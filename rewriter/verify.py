@@ -29,6 +29,7 @@ import onnx
 import torch
 import torch.fx as fx
 
+from .concurrency import GATE
 from .errors import InputError, ShapRewriteError, VerificationError, describe
 from .passes.weights import ort_session
 
@@ -88,7 +89,7 @@ def torch_runner(model: torch.nn.Module, float_dtype: torch.dtype | None = None,
             return list(known[1])
         if float_dtype is not None:
             inputs = [t.to(float_dtype) if t.is_floating_point() else t for t in inputs]
-        with torch.no_grad():
+        with GATE.run(), torch.no_grad():
             return as_list(model(*inputs))
     return run
 
@@ -273,7 +274,7 @@ def _failing_node(module: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> fx
                 failed.append(n)
                 raise
 
-    with contextlib.suppress(Exception), torch.no_grad():
+    with contextlib.suppress(Exception), GATE.run(), torch.no_grad():
         Locate(module).run(*inputs)
     return failed[0] if failed else None
 

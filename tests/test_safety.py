@@ -137,6 +137,38 @@ def _jobs():
     ]
 
 
+def test_an_export_waits_for_runs_of_modules_and_holds_new_ones_back():
+    """torch's tracer patches nn.Module.__call__ for the whole process while it exports: a
+    module called from another thread then fails inside the tracer ("Unexpected key")."""
+    from rewriter.concurrency import GATE
+
+    events: list[str] = []
+    exporting = threading.Event()
+
+    def export() -> None:
+        with GATE.export():
+            events.append("export starts")
+            exporting.set()
+            time.sleep(0.2)
+            events.append("export ends")
+
+    def late_run() -> None:
+        exporting.wait()
+        with GATE.run(), GATE.run():  # nested in one thread: no wait of its own
+            events.append("late run")
+
+    with GATE.run():
+        exporter = threading.Thread(target=export)
+        exporter.start()
+        time.sleep(0.2)
+        events.append("first run ends")
+    late = threading.Thread(target=late_run)
+    late.start()
+    exporter.join()
+    late.join()
+    assert events == ["first run ends", "export starts", "export ends", "late run"]
+
+
 def test_four_threads_at_once_give_what_one_after_the_other_gives():
     jobs = _jobs()
     alone = [rewrite(model, *inputs, report=True) for model, inputs in jobs]
