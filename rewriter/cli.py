@@ -255,11 +255,15 @@ def _raise_signalled(signum, frame) -> None:
 
 
 def _import_engines() -> None:
-    """Import the C extensions every command needs, with signals recorded, not raised."""
+    """Import the C extensions every command needs, with signals recorded, not raised: torch,
+    onnxruntime, and onnx, onnxscript and their numeric types through the API (a SIGTERM
+    raised into one of those 3 s into a run ended in a segmentation fault)."""
     _deferring.set()
     try:
         import onnxruntime  # noqa: F401
         import torch  # noqa: F401
+
+        from . import api, artifact  # noqa: F401
     finally:
         _deferring.clear()
     if _received:
