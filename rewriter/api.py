@@ -27,7 +27,7 @@ from .errors import (
     UnsupportedOpError,
     describe,
 )
-from .export import export_module
+from .export import dynamic_batch_note, export_module
 from .importer import import_onnx
 from .naming import sanitize
 from .onnx_io import normalize, parse_onnx, read_onnx
@@ -310,7 +310,7 @@ def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str
             # Exported at a fixed batch, the graph still held it somewhere (verification is the
             # check of that): the dynamic-shape export, which costs more.
             source = _read(model, tuple(example_inputs), dims, exporter, opset, clock, fixed_batch=False)
-            source.report.notes.insert(0, f"exported with a dynamic batch (slower): at a fixed batch, {exc.message}")
+            source.report.notes.insert(0, dynamic_batch_note(exc.message))
             module = _rewrite_source(source, options, tolerance, clock)
         info, inputs = source.report, source.inputs
     info.nodes = classify(module)

@@ -64,9 +64,9 @@ def at_least_batch_two(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, 
 def _quiet():
     """Silence the exporters' warnings and log lines; everything is restored afterwards.
 
-    Logger levels and warning filters are process-wide, so this runs only under
-    the export side of :data:`~rewriter.concurrency.GATE`. Nothing is printed on stdout with ``verbose=False``, so stdout is
-    never touched.
+    Logger levels and warning filters are process-wide, so this runs only inside an export
+    (see :mod:`rewriter.concurrency`). Nothing is printed on stdout with ``verbose=False``,
+    so stdout is never touched.
     """
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
     levels = [lg.level for lg in loggers]
@@ -167,6 +167,11 @@ def _export_fixed_batch(model: nn.Module, inputs: tuple, names: list[str], opset
     light.proto.ir_version, light.proto.producer_name, light.proto.producer_version = (
         source.proto.ir_version, source.proto.producer_name, source.proto.producer_version)
     return light
+
+
+def dynamic_batch_note(why: str) -> str:
+    """The report's note for a model exported with a dynamic batch after the fixed one failed."""
+    return f"exported with a dynamic batch (slower): at a fixed batch, {why}"
 
 
 def _export_dynamic(model: nn.Module, inputs: tuple, names: list[str], opset: int | None) -> LightModel:
@@ -271,8 +276,8 @@ def export_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], *, exporte
     export at a fixed batch first, made batch-free (the result says whether it was). Raises
     :class:`ExportError` naming each exporter's failure.
 
-    Thread-safe: exports from several threads run one after the other (a process-wide
-    lock), each exactly as it would alone.
+    Thread-safe: exports from several threads run one after the other, and apart from every
+    run of a torch module (see :mod:`rewriter.concurrency`), each exactly as it would alone.
     """
     if not isinstance(model, nn.Module):
         raise ExportError(f"expected a torch.nn.Module, got {type(model).__name__}",
@@ -304,7 +309,7 @@ def _export_in_order(model: nn.Module, inputs: tuple, names: list[str], order: l
                         light = _export_fixed_batch(model, inputs, names, opset)
                         return ExportedModel(light, name, names, failures[0] if failures else None, fixed_batch=True)
                     except Exception as exc:  # the exporter's own failures, or the batch baked in
-                        notes.append(f"exported with a dynamic batch (slower): at a fixed batch, {describe(exc)}")
+                        notes.append(dynamic_batch_note(describe(exc)))
                         log.debug("%s", notes[-1])
                 try:
                     light = _EXPORTERS[name](model, inputs, names, opset)
