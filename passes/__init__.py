@@ -9,6 +9,7 @@ from .cleanup import drop_identities, remove_dead_nodes
 from .constants import fold_constants, fold_large_constants
 from .expand import expand_function_ops
 from .functions import attach_functions
+from .graph import toposorted
 from .guard import refuse_oversized_values
 from .loops import unroll_loops
 from .maxima import exact_maxima
@@ -55,7 +56,7 @@ def run_passes(source: LightModel, options: PassOptions | None = None,
         results.append(result)
         if result.count:
             refresh_shapes(graph)  # later passes read shapes of what this one added
-    graph.cleanup().toposort()
+    toposorted(graph.cleanup())
     light = export_light(graph)
     out = light.proto
     out.ir_version = model.ir_version

@@ -77,6 +77,7 @@ def replace_each(graph: gs.Graph, name: str, rewrite: Callable[[gs.Node], list[s
             if added is not None:
                 result.removed.append(node.name)
                 result.added.extend(added)
-    graph.cleanup()
+    if result.removed:
+        graph.cleanup()
     return result
 

@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import onnx_ir as ir
-from onnxscript import optimizer
 
 from .base import PassOptions, PassResult
+from .constants import fold_within
 from .graph import Builder, shared_names
 from .shapes import dims_of, inferred_types
 from .weights import export_light
@@ -107,7 +107,7 @@ def _multiples(values, rows: int) -> list[int]:
 def fold_shape_arithmetic(model: ir.Model) -> None:
     """Fold what computes the shapes of a model exported at a fixed batch, in place, so that
     :func:`any_batch` finds them as constants."""
-    optimizer.fold_constants(model, input_size_limit=_SHAPE_ELEMENTS, output_size_limit=_SHAPE_ELEMENTS)
+    fold_within(model, _SHAPE_ELEMENTS, _SHAPE_ELEMENTS)
 
 
 def any_batch(graph: gs.Graph, rows: int) -> list[str]:

@@ -9,22 +9,74 @@ hostile graph (a small constant expanded to a huge shape) allocate it inside the
 
 from __future__ import annotations
 
+import math
+
+import onnx
 import onnx_graphsurgeon as gs
+import onnx_ir as ir
 from onnxscript import optimizer
 
 from .base import PassOptions, PassResult
 from .graph import varying_tensors
 from .weights import adopt, export_light
 
+# The first fold's limits, in elements: onnxscript's own defaults.
+_SMALL_INPUT, _SMALL_OUTPUT = 8192, 512 * 512
+# Integer inputs up to this size are handed to the size check by value: shape inference reads
+# a shape, a repeat count or a range's bounds, never a weight.
+_READ_ELEMENTS = 1024
 
-def _fold(graph: gs.Graph, name: str, keep: frozenset[str] | set[str] = frozenset(), **limits) -> PassResult:
+
+def _output_elements(node: ir.Node, opsets: dict[str, int]) -> int | None:
+    """How many elements ``node``, all of whose inputs are constants, computes, from ONNX's
+    shape inference of that node alone on its inputs' values; None where it cannot tell."""
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opsets.get(node.domain, 1), node.domain)
+        proto = ir.serde.serialize_node(node)
+        inputs = [v for v in node.inputs if v is not None]
+        types = {v.name: onnx.helper.make_tensor_type_proto(int(v.const_value.dtype), list(v.const_value.shape))
+                 for v in inputs}
+        data = {v.name: ir.serde.serialize_tensor(v.const_value) for v in inputs
+                if v.const_value.dtype.is_integer() and v.const_value.size <= _READ_ELEMENTS}
+        outputs = onnx.shape_inference.infer_node_outputs(schema, proto, types, data)
+    except (onnx.defs.SchemaError, onnx.shape_inference.InferenceError, ValueError, TypeError):
+        return None
+    counts = []
+    for tp in outputs.values():
+        dims = tp.tensor_type.shape.dim if tp.HasField("tensor_type") and tp.tensor_type.HasField("shape") else None
+        if dims is None or not all(d.HasField("dim_value") for d in dims):
+            return None
+        counts.append(math.prod(d.dim_value for d in dims))
+    return sum(counts) if counts else None
+
+
+def fold_within(model: ir.Model, input_size_limit: int, output_size_limit: int) -> bool:
+    """Run onnxscript's constant folder on ``model`` in place; whether it changed anything.
+
+    The folder computes a node and only then checks its output's size against the limit: a
+    small constant expanded or tiled to gigabytes would be allocated first. So it folds
+    only nodes whose output ONNX's inference, reading their inputs' values, sizes within
+    ``output_size_limit`` elements."""
+    opsets = dict(model.opset_imports)
+
+    def within(node: ir.Node) -> bool | None:
+        elements = _output_elements(node, opsets)
+        return None if elements is not None and elements <= output_size_limit else False
+
+    return optimizer.fold_constants(model, input_size_limit=input_size_limit, output_size_limit=output_size_limit,
+                                    should_fold=within).modified
+
+
+def _fold(graph: gs.Graph, name: str, keep: frozenset[str] | set[str] = frozenset(),
+          input_size_limit: int = _SMALL_INPUT, output_size_limit: int = _SMALL_OUTPUT) -> PassResult:
     # Large weights are placeholders the folder leaves alone (above its input size limits);
     # the large-value fold has the values in ``keep`` read.
     light = export_light(graph, keep=keep)
     before = [n.name for n in light.proto.graph.node]
-    if not optimizer.fold_constants(light.proto, **limits).modified:
-        return PassResult(name)  # the graph stands; reading the folder's copy back costs more than folding
-    adopt(graph, light.proto, light.held)
+    model = ir.serde.deserialize_model(light.proto)
+    if not fold_within(model, input_size_limit, output_size_limit):
+        return PassResult(name)  # the graph stands; writing and reading the folder's copy back costs more than folding
+    adopt(graph, ir.serde.serialize_model(model), light.held)
     graph.cleanup()
     after = {n.name for n in graph.nodes}
     return PassResult(name, removed=[n for n in before if n not in after])

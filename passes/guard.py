@@ -4,7 +4,8 @@ A 209-byte file can ask for ``ConstantOfShape([750, 1000, 1000])``: 3 GB that on
 (measuring shapes, verifying) and the importer (folding constants) would otherwise
 allocate. After constant folding every size computed from constants is a constant, so
 ONNX's shape inference, with the inputs' dims set to the check inputs' sizes, knows the
-size of each such value, and of values whose size is shape arithmetic on the inputs.
+size of each such value, and of values whose size is shape arithmetic on the inputs. The
+shapes recorded in the graph are not read: they come from the file.
 """
 
 from __future__ import annotations
@@ -19,10 +20,14 @@ from .weights import export_light, light_copy
 
 
 def _with_input_sizes(model: onnx.ModelProto, sizes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """``model`` with the inputs' dims set to ``sizes`` and no recorded shapes: a file's
+    value_info could declare a 3 GB value one element, and inference keeps what is recorded
+    where it disagrees."""
     light, _ = light_copy(model, as_inputs=True)
     if light is model:
         light = onnx.ModelProto()
         light.CopyFrom(model)
+    del light.graph.value_info[:]
     for vi in light.graph.input:
         shape = sizes.get(vi.name)
         dims = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else []

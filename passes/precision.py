@@ -15,7 +15,7 @@ from onnx import TensorProto, numpy_helper
 
 from .base import PassOptions, PassResult
 from .graph import bypass
-from .weights import adopt, export_light
+from .weights import adopt, type_and_size
 
 HALF_TYPES = {TensorProto.FLOAT16, TensorProto.BFLOAT16}
 # Attributes that name an element type.
@@ -52,6 +52,23 @@ def half_precision_type(model: onnx.ModelProto) -> int | None:
             elif attr.name == _TYPE_ATTRIBUTES.get(node.op_type):
                 found.append(attr.i)
     return next((t for t in found if t in HALF_TYPES), None)
+
+
+def _holds_half(graph: gs.Graph) -> bool:
+    """Whether any value, constant or cast of ``graph`` is half precision: what
+    :func:`half_precision_type` reads in a model, read off the graph without exporting it."""
+    def is_half(tensor: gs.Tensor) -> bool:
+        if isinstance(tensor, gs.Constant):
+            found = type_and_size(tensor)
+            return found is not None and found[0] in HALF_TYPES
+        # graphsurgeon gives numpy's types, and ONNX's own number for those numpy lacks (bfloat16).
+        dtype = tensor.dtype
+        return dtype in HALF_TYPES if isinstance(dtype, int) else dtype is not None and np.dtype(dtype).name in ("float16", "bfloat16")
+
+    return (any(is_half(tensor) for tensor in graph.tensors().values())
+            or any((isinstance(value, gs.Constant) and is_half(value))
+                   or (name == _TYPE_ATTRIBUTES.get(node.op) and value in HALF_TYPES)
+                   for node in graph.nodes for name, value in node.attrs.items()))
 
 
 def upcast_model(model: onnx.ModelProto) -> list[str]:
@@ -97,7 +114,7 @@ def upcast_half_precision(graph: gs.Graph, options: PassOptions) -> PassResult:
     from .shapes import refresh_shapes  # shapes imports this module's package
 
     result = PassResult("upcast_half_precision")
-    if half_precision_type(export_light(graph).proto) is None:
+    if not _holds_half(graph):
         return result
     model = gs.export_onnx(graph, do_type_check=False)  # the upcast needs the weights' values
     half_inputs = [vi.name for vi in model.graph.input if vi.type.tensor_type.elem_type in HALF_TYPES]

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .check import self_check
-from .concurrency import GATE
+from .concurrency import GATE, collector_paused
 from .errors import (
     AdditivityError,
     ConversionError,
@@ -353,11 +353,12 @@ def _convert_and_verify(source: _Source, options: PassOptions, plan: _SecondBatc
 
 def _passes_and_import(source: _Source, options: PassOptions, clock: _Clock) -> nn.Module:
     info = source.report
-    with clock.stage("passes", "running passes"):
-        rewritten, info.passes = run_passes(source.prepared, options)
-    with clock.stage("import", "importing into torch"):
-        held = {name: tensor_from_array(constant.values) for name, constant in rewritten.held.items()}
-        return import_onnx(rewritten.proto, source.class_name, held)
+    with collector_paused():
+        with clock.stage("passes", "running passes"):
+            rewritten, info.passes = run_passes(source.prepared, options)
+        with clock.stage("import", "importing into torch"):
+            held = {name: tensor_from_array(constant.values) for name, constant in rewritten.held.items()}
+            return import_onnx(rewritten.proto, source.class_name, held)
 
 
 def inspect(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str, int] | None = None,

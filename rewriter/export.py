@@ -18,6 +18,7 @@ from torch.overrides import TorchFunctionMode
 from .concurrency import GATE
 from .errors import ExportError, describe
 from .passes.batch import BatchBaked, any_batch, fold_shape_arithmetic
+from .passes.graph import toposorted
 from .passes.weights import LightModel, export_light, import_light, light_from_ir
 
 log = logging.getLogger("shaprewrite")
@@ -158,7 +159,7 @@ def _export_fixed_batch(model: nn.Module, inputs: tuple, names: list[str], opset
     source = light_from_ir(exported)
     graph = import_light(source.proto, source.held)
     any_batch(graph, rows)
-    light = export_light(graph.toposort())
+    light = export_light(toposorted(graph))
     # The exporter's metadata names each node's torch module; graphsurgeon does not keep it.
     metadata = {node.name: node.metadata_props for node in source.proto.graph.node}
     for node in light.proto.graph.node:

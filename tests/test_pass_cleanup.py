@@ -9,6 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from rewriter.passes.base import PassOptions
 from rewriter.passes.cleanup import drop_identities, remove_dead_nodes
+from rewriter.passes.graph import toposorted
 
 X = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
 
@@ -64,3 +65,17 @@ def test_dead_nodes_go_and_live_ones_stay():
     result = remove_dead_nodes(graph, PassOptions())
     assert sorted(result.removed) == ["dead", "dead_too"] and [n.name for n in graph.nodes] == ["live"]
     np.testing.assert_array_equal(_run(gs.export_onnx(graph))[0], _run(model)[0])
+
+
+def test_nodes_are_sorted_only_when_out_of_order():
+    """``toposorted`` leaves a sorted graph's node list as it is and sorts one where a node
+    reads what a later node writes (a pass appends the nodes it adds)."""
+    x = gs.Variable("x", np.float32, (2,))
+    a, b, y = gs.Variable("a"), gs.Variable("b"), gs.Variable("y", np.float32, (2,))
+    relu, neg, add = gs.Node("Relu", "relu", inputs=[x], outputs=[a]), gs.Node("Neg", "neg", inputs=[a], outputs=[b]), \
+        gs.Node("Add", "add", inputs=[a, b], outputs=[y])
+    ordered = gs.Graph(nodes=[relu, neg, add], inputs=[x], outputs=[y])
+    before = ordered.nodes
+    assert toposorted(ordered).nodes is before and [n.name for n in before] == ["relu", "neg", "add"]
+    shuffled = gs.Graph(nodes=[add, relu, neg], inputs=[x], outputs=[y])
+    assert [n.name for n in toposorted(shuffled).nodes] == ["relu", "neg", "add"]

@@ -3,6 +3,7 @@ files, rewrites in threads and processes at once, and signals at any moment."""
 
 from __future__ import annotations
 
+import gc
 import os
 import resource
 import signal
@@ -27,6 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx_graphs import keras_multi_head_attention
 
 from rewriter import InputError, load, rewrite
+from rewriter.concurrency import collector_paused
 from rewriter.files import write_atomically
 
 CLI = [sys.executable, "-m", "rewriter.cli"]
@@ -71,10 +73,12 @@ def test_the_cli_writes_only_its_output(tmp_path):
 # -- bounded memory on hostile files ---------------------------------------------------------
 
 
-def _bomb(kind: str) -> onnx.ModelProto:
-    """A graph that asks for a huge constant: a literal shape, a shape computed from a
-    float constant, or one from the batch times a constant."""
-    inits, nodes = [], []
+def _bomb(kind: str, op: str = "ConstantOfShape", lie: bool = False) -> onnx.ModelProto:
+    """A graph that asks for a huge tensor: ``op`` (ConstantOfShape, or an Expand or a Tile of
+    a one-element constant) to a literal shape, a shape computed from a float constant, or
+    one from the batch times a constant. ``lie``: the file's value_info declares it one
+    element."""
+    inits, nodes = [numpy_helper.from_array(np.ones([1, 1, 1], np.float32), "one")], []
     if kind == "literal":
         inits.append(numpy_helper.from_array(np.array([750, 1000, 1000], np.int64), "shape"))
     elif kind == "computed":
@@ -84,22 +88,30 @@ def _bomb(kind: str) -> onnx.ModelProto:
         inits.append(numpy_helper.from_array(np.array([40000, 40000], np.int64), "rest"))
         nodes += [helper.make_node("Shape", ["x"], ["full"], start=0, end=1, name="batch_size"),
                   helper.make_node("Concat", ["full", "rest"], ["shape"], axis=0, name="shape")]
-    nodes += [helper.make_node("ConstantOfShape", ["shape"], ["big"], value=helper.make_tensor("v", F32, [1], [1.0]),
-                               name="bomb"),
-              helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0, name="total"),
+    if op == "ConstantOfShape":
+        nodes.append(helper.make_node(op, ["shape"], ["big"], value=helper.make_tensor("v", F32, [1], [1.0]), name="bomb"))
+    else:
+        nodes.append(helper.make_node(op, ["one", "shape"], ["big"], name="bomb"))
+    nodes += [helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0, name="total"),
               helper.make_node("Add", ["x", "total"], ["y"], name="add")]
     graph = helper.make_graph(nodes, "bomb", [helper.make_tensor_value_info("x", F32, ["N", 2])],
-                              [helper.make_tensor_value_info("y", F32, ["N", 2])], inits)
+                              [helper.make_tensor_value_info("y", F32, ["N", 2])], inits,
+                              value_info=[helper.make_tensor_value_info("big", F32, [1, 1, 1])] if lie else [])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     proto.ir_version = 8
     return proto
 
 
-@pytest.mark.parametrize("kind", ["literal", "computed", "batch_times"])
-def test_a_constant_bomb_is_refused_before_anything_allocates_it(kind):
+BOMBS = [("literal", "ConstantOfShape", False), ("computed", "ConstantOfShape", False),
+         ("batch_times", "ConstantOfShape", False), ("literal", "Expand", False), ("computed", "Tile", False),
+         ("literal", "ConstantOfShape", True), ("computed", "Expand", True)]
+
+
+@pytest.mark.parametrize("kind,op,lie", BOMBS)
+def test_a_bomb_is_refused_before_anything_allocates_it(kind, op, lie):
     with pytest.raises(InputError, match="GiB allowed") as caught:
-        rewrite(_bomb(kind), dims={"N": 2})
-    assert caught.value.node == "bomb" and caught.value.op_type == "ConstantOfShape"
+        rewrite(_bomb(kind, op, lie), dims={"N": 2})
+    assert caught.value.node == "bomb" and caught.value.op_type == op
 
 
 def test_a_constant_bomb_is_refused_under_a_two_gib_memory_limit(tmp_path):
@@ -116,6 +128,25 @@ def test_a_constant_bomb_is_refused_under_a_two_gib_memory_limit(tmp_path):
     assert result.returncode == 3, result.stderr
     assert "2.8 GiB" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out.pt").exists()
+
+
+# Runs the CLI as its child and prints the child's peak resident memory (KiB) last.
+_PEAK_OF_CHILD = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+                  "print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
+@pytest.mark.parametrize("kind,op,lie", [("literal", "Expand", False), ("computed", "Tile", False),
+                                         ("literal", "ConstantOfShape", True)])
+def test_a_bomb_never_takes_its_memory(tmp_path, kind, op, lie):
+    """Without a cap, what refusing the file costs: constant folding computed a small
+    constant expanded or tiled to 2.8 GiB before checking its size, and the size check
+    believed a file that declared the value one element (the importer then allocated it)."""
+    source = _saved(_bomb(kind, op, lie), tmp_path / "bomb.onnx")
+    result = subprocess.run([sys.executable, "-c", _PEAK_OF_CHILD, *CLI, str(source), str(tmp_path / "out.pt")],
+                            capture_output=True, text=True, timeout=300)
+    code, peak_kib = map(int, result.stdout.split()[-2:])
+    assert code == 3 and "GiB allowed" in result.stderr, result.stderr
+    assert peak_kib < 1.5 * 2**20, f"peak {peak_kib / 2**20:.1f} GiB"
 
 
 def test_the_limit_can_be_raised_for_a_model_that_needs_it():
@@ -135,6 +166,32 @@ def _jobs():
         (TransformerEncoderStyle().eval(), (torch.randn(2, 6, 4),)),
         (TwoInputNet().eval(), (torch.randn(3, 1, 6, 6), torch.randn(3, 6))),
     ]
+
+
+def test_the_collector_is_off_while_any_thread_converts_and_as_it_was_after():
+    entered, leave = threading.Event(), threading.Event()
+
+    def convert() -> None:
+        with collector_paused():
+            entered.set()
+            leave.wait(30)
+
+    other = threading.Thread(target=convert)
+    other.start()
+    entered.wait(30)
+    with collector_paused(), collector_paused():
+        assert not gc.isenabled()
+    assert not gc.isenabled()  # the other thread is still inside
+    leave.set()
+    other.join(30)
+    assert gc.isenabled()
+    gc.disable()  # switched off by the user: it stays off
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_an_export_waits_for_runs_of_modules_and_holds_new_ones_back():

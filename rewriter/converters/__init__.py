@@ -39,15 +39,14 @@ def layer(cls: type[nn.Module], *args, weights: Mapping[str, torch.Tensor], **kw
     memory with the graph's initializer (a large model is not held twice, and a saved
     artifact stores it once), and no random initialisation is spent on values replaced.
     """
-    module = nn.utils.skip_init(cls, *args, **kwargs)
+    # Built on the meta device: no memory and no initialisation spent on values replaced
+    # (``nn.utils.skip_init`` would allocate every tensor only for it to be dropped here).
+    module = cls(*args, device="meta", **kwargs)
     for name, value in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
         given = weights.get(name)
-        if given is None:
-            value.data.zero_()
-        elif isinstance(value, nn.Parameter):
-            setattr(module, name, nn.Parameter(given.to(value.dtype), requires_grad=value.requires_grad))
-        else:
-            setattr(module, name, given.to(value.dtype))
+        tensor = torch.zeros(value.shape, dtype=value.dtype) if given is None else given.to(value.dtype)
+        setattr(module, name, nn.Parameter(tensor, requires_grad=value.requires_grad)
+                if isinstance(value, nn.Parameter) else tensor)
     return module
 
 
