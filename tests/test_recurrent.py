@@ -13,6 +13,7 @@ from onnx_graphs import keras_rnn_loop, recurrent_layer
 from torch import nn
 
 from rewriter import ConversionError, rewrite
+from rewriter.cells import GRUStep, LSTMStep
 from rewriter.check import self_check
 
 EXACT = 1e-4
@@ -121,6 +122,18 @@ def test_one_module_per_step_named_after_it(case):
     assert steps and set(steps.values()) <= {"LSTMStep", "GRUStep", "Tanh", "ReLU"}, steps
     kinds = {e["node"]: e["shap"] for e in report.nodes if e["node"] in steps}
     assert set(kinds.values()) <= {"recurrent", "rescale (native)"}
+
+
+def test_the_steps_of_one_direction_share_its_recurrent_weights(case):
+    """One tensor per layer and direction, as in the source, not a copy per step (which left
+    it out of cache at every step and grew memory with the sequence length)."""
+    _, model, rewritten, _ = case
+    steps = [m for m in rewritten.modules() if isinstance(m, (LSTMStep, GRUStep))]
+    if not steps:
+        return  # plain RNNs: their steps are activation modules
+    recurrences = [n for n, _ in model.named_parameters() if ".weight_hh_" in n]
+    assert len(steps) == SEQ * len(recurrences)
+    assert len({m.recurrent.data_ptr() for m in steps}) == len(recurrences)
 
 
 # -- ONNX recurrent ops as other producers write them -----------------------------------------
