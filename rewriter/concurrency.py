@@ -1,5 +1,5 @@
 """Process-wide state that threads share: exports and runs of torch modules kept apart, and
-the cyclic garbage collector paused while graphs are converted.
+the cyclic garbage collector paused while graphs are exported and converted.
 
 While torch traces a model for export it patches ``torch.nn.Module.__call__`` (and
 ``__getattr__``) for the whole process: a module called from another thread meanwhile goes
@@ -65,13 +65,14 @@ class _CollectorPause:
     """Python's cyclic garbage collector off while any thread is inside, on again when the last
     one leaves if it was on when the first came in.
 
-    Passes and the importer build and drop graphs of Python objects (onnx-graphsurgeon's,
-    onnx_ir's, torch.fx's); the survivors set off full collections, each of which walks every
-    object in the process (torch's alone are ~240k). On a 1,000-node graph those took a
-    quarter of the rewrite. Paused, what the conversion leaves is collected once, young,
-    after it. torch's distributed checkpointing pauses the collector the same way.
-    Code that switches the collector off in another thread meanwhile finds it on again
-    when the conversion ends."""
+    torch's exporter, the passes and the importer build and drop graphs of Python objects
+    (torch.fx's, onnx_ir's, onnx-graphsurgeon's); the survivors set off full collections,
+    each of which walks every object in the process (torch's alone are ~240k). They took a
+    quarter of a 1,000-node rewrite and 0.5-0.8 s of a ResNet-50 export, for garbage that
+    holds no tensor memory (peak memory of ResNet-50 and ViT-B/16 rewrites unchanged).
+    Paused, what the work leaves is collected once, young, after it. torch's distributed
+    checkpointing pauses the collector the same way. Code that switches the collector off
+    in another thread meanwhile finds it on again when the work ends."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

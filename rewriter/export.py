@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .concurrency import GATE
+from .concurrency import GATE, collector_paused
 from .errors import ExportError, describe
 from .passes.batch import BatchBaked, any_batch, fold_shape_arithmetic
 from .passes.graph import toposorted
@@ -290,7 +290,7 @@ def export_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], *, exporte
     outputs = _check_outputs(model, inputs)
     names = input_names_for(model, len(inputs))
     order = [DYNAMO, TORCHSCRIPT] if exporter == "auto" else [exporter]
-    with GATE.export():
+    with GATE.export(), collector_paused():
         exported = _export_in_order(model, at_least_batch_two(inputs), names, order, opset, fixed_batch)
     exported.outputs = outputs
     return exported
