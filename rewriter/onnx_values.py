@@ -31,8 +31,17 @@ def tensor_from_proto(proto: onnx.TensorProto) -> torch.Tensor:
 
 def tensor_from_array(array: np.ndarray) -> torch.Tensor:
     """A tensor sharing ``array``'s memory when it is writable; else a copy (ONNX reads
-    read-only views of protobuf's bytes)."""
-    return torch.from_numpy(array if array.flags.writeable else np.array(array, copy=True))
+    read-only views of protobuf's bytes, an export holds read-only views of the module's
+    weights)."""
+    if array.flags.writeable:
+        return torch.from_numpy(array)
+    view = array.view()
+    try:
+        view.flags.writeable = True  # only where the memory underneath is writable: a module's tensor
+    except ValueError:
+        return torch.from_numpy(np.array(array, copy=True))
+    # torch copies on every thread: ViT-B/16's weights took 0.2 s instead of numpy's 0.6 s.
+    return torch.from_numpy(view).clone()
 
 
 def attribute_value(attr: onnx.AttributeProto) -> Any:
