@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import InputError
 from .base import PassOptions, PassResult
-from .shapes import inferred_types, static_bytes
+from .shapes import READ_BYTES, inferred_types, static_bytes
 from .weights import export_light, light_copy
 
 
@@ -23,7 +23,7 @@ def _with_input_sizes(model: onnx.ModelProto, sizes: dict[str, tuple[int, ...]])
     """``model`` with the inputs' dims set to ``sizes`` and no recorded shapes: a file's
     value_info could declare a 3 GB value one element, and inference keeps what is recorded
     where it disagrees."""
-    light, _ = light_copy(model, as_inputs=True)
+    light, _ = light_copy(model, READ_BYTES, as_inputs=True)
     if light is model:
         light = onnx.ModelProto()
         light.CopyFrom(model)
