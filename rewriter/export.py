@@ -144,6 +144,18 @@ def _torchlib_registry(opset: int):
 _STATIC_EXPORT_BYTES = 1 << 28
 
 
+def _at_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """``t`` with ``rows`` rows for the export. torch traces with fake tensors and never reads
+    the values, so float rows are allocated and never touched (97 tiled 224x224 images took
+    58 MB); integer inputs (token ids, indices) repeat the real rows in case a capture ever
+    runs on them."""
+    if not t.dim():
+        return t
+    if t.is_floating_point():
+        return torch.empty((rows, *t.shape[1:]), dtype=t.dtype)
+    return t[torch.arange(rows) % t.shape[0]]
+
+
 def _export_fixed_batch(model: nn.Module, inputs: tuple, names: list[str], opset: int | None) -> LightModel:
     """The dynamo export at a fixed batch, made batch-free: torch takes twice as long over a
     dynamic-shape export of a transformer (BERT-base 16 s against 7.5 s, ResNet-50 7.9 s
@@ -153,13 +165,8 @@ def _export_fixed_batch(model: nn.Module, inputs: tuple, names: list[str], opset
     size = sum(t[0].numel() * t.element_size() * rows for t in inputs if t.dim())
     if size > _STATIC_EXPORT_BYTES:
         raise BatchBaked(f"{rows} rows of the inputs would take {size / 2**20:.0f} MiB")
-    # torch traces with fake tensors and never reads the values, so float rows are left as
-    # allocated, never touched (the 97 tiled images of a 224x224 model took 58 MB); integer
-    # inputs (token ids, indices) are tiled in case a capture ever runs on them.
-    tiled = tuple(t if not t.dim() else torch.empty((rows, *t.shape[1:]), dtype=t.dtype) if t.is_floating_point()
-                  else t[torch.arange(rows) % t.shape[0]] for t in inputs)
     with _quiet():
-        exported = _dynamo_export(model, tiled, names, opset).model
+        exported = _dynamo_export(model, tuple(_at_rows(t, rows) for t in inputs), names, opset).model
         fold_shape_arithmetic(exported)
     source = light_from_ir(exported)
     graph = import_light(source.proto, source.held)
