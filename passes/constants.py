@@ -18,6 +18,7 @@ from onnxscript import optimizer
 
 from .base import PassOptions, PassResult
 from .graph import varying_tensors
+from .shapes import dims_of
 from .weights import adopt, export_light
 
 # The first fold's limits, in elements: onnxscript's own defaults.
@@ -41,13 +42,10 @@ def _output_elements(node: ir.Node, opsets: dict[str, int]) -> int | None:
         outputs = onnx.shape_inference.infer_node_outputs(schema, proto, types, data)
     except (onnx.defs.SchemaError, onnx.shape_inference.InferenceError, ValueError, TypeError):
         return None
-    counts = []
-    for tp in outputs.values():
-        dims = tp.tensor_type.shape.dim if tp.HasField("tensor_type") and tp.tensor_type.HasField("shape") else None
-        if dims is None or not all(d.HasField("dim_value") for d in dims):
-            return None
-        counts.append(math.prod(d.dim_value for d in dims))
-    return sum(counts) if counts else None
+    shapes = [dims_of(tp) for tp in outputs.values()]
+    if not shapes or not all(dims is not None and all(isinstance(d, int) for d in dims) for dims in shapes):
+        return None
+    return sum(math.prod(dims) for dims in shapes)
 
 
 def fold_within(model: ir.Model, input_size_limit: int, output_size_limit: int) -> bool:
