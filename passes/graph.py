@@ -241,11 +241,14 @@ _VALUE_FREE = {"Shape", "Size", "ConstantOfShape", "EyeLike", "RandomNormalLike"
 
 
 def varying_tensors(graph: gs.Graph) -> set[str]:
-    """Names of tensors whose values depend on the graph inputs (not only on their shapes):
-    what the inputs reach through the nodes' data inputs (no toposort, which cost a third of
-    a second per call on BERT-base)."""
-    varying = {t.name for t in graph.inputs}
-    pending = list(graph.inputs)
+    """Names of tensors whose values depend on the explained graph inputs (not only on their
+    shapes): what the float inputs reach through the nodes' data inputs (no toposort, which
+    cost a third of a second per call on BERT-base). Integer inputs (a mask, ids read
+    directly) are context, shared by a row and its references: what only they decide is
+    fixed for the explainers."""
+    explained = [t for t in graph.inputs if is_float(t)]
+    varying = {t.name for t in explained}
+    pending = list(explained)
     while pending:
         tensor = pending.pop()
         for node in tensor.outputs:

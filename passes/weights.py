@@ -176,6 +176,7 @@ def import_light(model: onnx.ModelProto, held: Mapping[str, gs.Constant]) -> gs.
     """The graph of ``model`` (a light model, or an edit of one), its nodes reading the constants
     in ``held`` where ``model`` has their placeholders."""
     graph = gs.import_onnx(model)
+    _type_empty_lists(graph)
     for tensor in held.values():
         tensor.outputs.clear()  # the readers were nodes of a graph this one replaces
     for node in graph.nodes:
@@ -183,6 +184,23 @@ def import_light(model: onnx.ModelProto, held: Mapping[str, gs.Constant]) -> gs.
             if isinstance(tensor, gs.Constant) and tensor.name in held:
                 node.inputs[i] = held[tensor.name]
     return graph
+
+
+_EMPTY_CONSTANTS = {"value_ints": np.int64, "value_floats": np.float32}
+
+
+def _type_empty_lists(graph: gs.Graph) -> None:
+    """graphsurgeon reads an empty list attribute as ``[]`` and cannot write it back (its type
+    is lost): a ``Constant``'s empty ``value_ints`` (how exporters write an empty shape)
+    becomes an empty tensor of its type; elsewhere an empty list means what leaving the
+    attribute out means (all axes, no permutation), so it is left out."""
+    for node in graph.nodes:
+        for key, value in list(node.attrs.items()):
+            if not (isinstance(value, list) and not value):
+                continue
+            del node.attrs[key]
+            if node.op == "Constant" and key in _EMPTY_CONSTANTS:
+                node.attrs["value"] = gs.Constant(f"{node.name}_value", np.zeros(0, _EMPTY_CONSTANTS[key]))
 
 
 def adopt(graph: gs.Graph, model: onnx.ModelProto, held: Mapping[str, gs.Constant]) -> None:

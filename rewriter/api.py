@@ -9,15 +9,17 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
 
 from .check import self_check
 from .concurrency import GATE, collector_paused
+from .embedding import split_embeddings
 from .errors import (
     AdditivityError,
     ConversionError,
@@ -27,18 +29,30 @@ from .errors import (
     UnsupportedOpError,
     describe,
 )
-from .export import dynamic_batch_note, export_module
+from .export import dynamic_batch_note, export_module, run_model
+from .exported import is_exported_program, read_exported_program
 from .importer import import_onnx
+from .interface import (
+    FlatModel,
+    OutputChoice,
+    Selector,
+    choose_outputs,
+    flatten_call,
+    flatten_outputs,
+    keep_onnx_outputs,
+    reshape_note,
+)
 from .naming import sanitize
 from .onnx_io import normalize, parse_onnx, read_onnx
 from .onnx_values import ONNX_TO_TORCH_DTYPE, tensor_from_array
 from .passes import LightModel, PassOptions, run_passes
 from .passes.precision import half_precision_type, upcast_model
 from .report import RewriteReport, classify
-from .result import ExplainableModule
+from .result import ExplainableModule, main_inputs
 from .verify import OnnxRunner, Reference, Tolerance, as_list, other_batch, torch_runner, verify
 
 _HALF = (torch.float16, torch.bfloat16)
+_ONNX_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 _MAX_CHECK_ELEMENTS = 2**27  # 512 MiB of float32 per input
 ModelSource = nn.Module | onnx.ModelProto | str | os.PathLike | bytes
 Progress = Callable[[str], None]
@@ -95,10 +109,6 @@ def _load_source(model: ModelSource) -> onnx.ModelProto:
                      fix="pass a torch.nn.Module with example inputs, an ONNX file path, or an onnx.ModelProto")
 
 
-def _output_names(model: onnx.ModelProto) -> list[str]:
-    return [o.name for o in model.graph.output]
-
-
 class _SecondBatch(NamedTuple):
     """How the second check batch differs from the first: ``extra_rows`` more rows in the
     inputs that ``carries`` the batch; ``made_dynamic`` when that batch is a fixed one the
@@ -131,14 +141,16 @@ def _runtime_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [vi for vi in model.graph.input if vi.name not in initializers]
 
 
-def _feeds(model: onnx.ModelProto, inputs: tuple[torch.Tensor, ...], extra_rows: int,
-           carries: list[bool] | None) -> tuple[dict, ...]:
-    """The check inputs at both batch sizes, by graph input name, for measuring shapes."""
-    names = [vi.name for vi in _runtime_inputs(model)]
-    if not inputs or len(names) != len(inputs):
+def _feeds(source: _Source, extra_rows: int, carries: list[bool] | None) -> tuple[dict, ...]:
+    """The inputs of the graph the passes rewrite at both check batch sizes, by name, for
+    measuring shapes."""
+    names = [entry["name"] for entry in source.interface["inputs"]]
+    if not source.inputs or len(source.interface["source_inputs"]) != len(source.inputs):
         return ()
-    return tuple({name: t.detach().cpu().numpy() for name, t in zip(names, batch)}
-                 for batch in (inputs, other_batch(inputs, extra_rows, carries)))
+    with GATE.run(), torch.no_grad():
+        batches = [main_inputs(source.interface, source.embedder, batch)
+                   for batch in (source.inputs, other_batch(source.inputs, extra_rows, carries))]
+    return tuple({name: t.detach().cpu().numpy() for name, t in zip(names, batch)} for batch in batches)
 
 
 @dataclass
@@ -152,6 +164,32 @@ class _Source:
     report: RewriteReport
     class_name: str
     fixed_batch: bool = False  # exported at a fixed batch and made batch-free
+    interface: dict = field(default_factory=dict)  # see ExplainableModule.interface
+    main: LightModel | None = None  # what the passes rewrite: ``prepared``, or its part after the embeddings
+    embedder: ExplainableModule | None = None
+
+    def __post_init__(self) -> None:
+        """Cut the model at its embedding lookups, where it has any (see :mod:`rewriter.embedding`)."""
+        split = split_embeddings(self.prepared)
+        names = [vi.name for vi in _runtime_inputs(self.prepared.proto)]
+        self.interface = {"source_inputs": names, "embedder_inputs": [],
+                          "outputs": self.report.outputs.as_dict() if self.report.outputs else None}
+        if split is None:
+            self.main = self.prepared
+            floats = [self.prepared.proto.graph.input[i] for i in range(len(self.prepared.proto.graph.input))]
+            kinds = {vi.name: vi.type.tensor_type.elem_type for vi in floats}
+            explained = [{"name": n, "role": "explained", "source": i} for i, n in enumerate(names)
+                         if kinds.get(n) in _ONNX_FLOATS]
+            context = [{"name": n, "role": "context", "source": i} for i, n in enumerate(names)
+                       if kinds.get(n) not in _ONNX_FLOATS]
+            self.interface["inputs"] = explained + context
+            return
+        self.main = split.main
+        self.interface["inputs"] = [entry.as_dict() for entry in split.inputs]
+        self.interface["embedder_inputs"] = [vi.name for vi in split.embedder.graph.input]
+        held = {name: tensor_from_array(c.values) for name, c in self.prepared.held.items()
+                if name in {t.name for t in split.embedder.graph.initializer}}
+        self.embedder = import_onnx(split.embedder, "Embedder", held)
 
 
 def _half_dtype(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.dtype | None:
@@ -163,44 +201,98 @@ def _as_float32(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     return tuple(t.float() if isinstance(t, torch.Tensor) and t.dtype in _HALF else t for t in inputs)
 
 
-def _torch_source(model: nn.Module, inputs: tuple, exporter: str, opset: int | None, fixed_batch: bool) -> _Source:
-    """A half precision model is exported from a float32 copy (what the result will be), and
-    checked against both: tightly against the copy, within half precision against itself."""
-    half = _half_dtype(model, inputs)
-    export_model, inputs = (copy.deepcopy(model).float(), _as_float32(inputs)) if half is not None else (model, inputs)
-    exported = export_module(export_model, inputs, exporter=exporter, opset=opset, fixed_batch=fixed_batch)
+def _torch_source(model: nn.Module, args: tuple, kwargs: Mapping, output: Selector, exporter: str,
+                  opset: int | None, fixed_batch: bool) -> _Source:
+    """The model as its users call it (see :mod:`rewriter.interface`), flattened to named
+    positional tensors and one output. A half precision model is exported from a float32 copy
+    (what the result will be), and checked against both: tightly against the copy, within
+    half precision against itself."""
+    spec, flat = flatten_call(model, args, kwargs)
+    half = _half_dtype(model, flat)
+    export_model, inputs = (copy.deepcopy(model).float(), _as_float32(flat)) if half is not None else (model, flat)
+    returned = run_model(export_model, *spec.rebuild(inputs))
+    named = flatten_outputs(returned)
+    if not named:
+        raise ExportError(f"forward() returns {type(returned).__name__}, which holds no tensor",
+                          fix="return the tensor to explain (a tuple, dict or ModelOutput of tensors also works)")
+    choice = choose_outputs([(n, t.is_floating_point()) for n, t in named], output)
+    if choice.rows:
+        choice = dataclasses.replace(choice, reshape=reshape_note(named[choice.kept[0]][1].shape))
+    flat_model = FlatModel(export_model, spec, choice)
+    outputs = choice.pick([t for _, t in named])
+    exported = export_module(flat_model, tuple(inputs), exporter=exporter, opset=opset, fixed_batch=fixed_batch,
+                             names=spec.names, outputs=outputs)
     # The export ran the model it exported on the inputs: verification takes those outputs.
-    seen = torch_runner(export_model, known=(inputs, exported.outputs))
+    seen = torch_runner(flat_model, known=(tuple(inputs), exported.outputs))
     references: list[Reference] = []
     if half is not None:
         references.append(Reference("float32 copy of the model", seen))
     references.append(Reference("model" if half is None else f"model ({str(half).removeprefix('torch.')})",
-                                seen if half is None else torch_runner(model, half), half))
-    prepared, reused = normalize(exported.model)
-    report = RewriteReport("torch", exported.exporter, exported.fallback_reason, reused, notes=exported.notes)
-    return _Source(exported.model.proto, prepared, inputs, references, report, _class_name(type(model).__name__),
-                   exported.fixed_batch)
+                                seen if half is None else torch_runner(FlatModel(model, spec, choice), half), half))
+    prepared, reused = normalize(exported.model, scope="model")  # FlatModel holds the model as .model
+    report = RewriteReport("torch", exported.exporter, exported.fallback_reason, reused, notes=exported.notes,
+                           outputs=choice)
+    return _Source(exported.model.proto, prepared, tuple(inputs), references, report,
+                   _class_name(type(model).__name__), exported.fixed_batch)
 
 
-def _onnx_source(proto: onnx.ModelProto, inputs: tuple, dims: Mapping[str, int], need_inputs: bool = True) -> _Source:
+def _onnx_inputs(model: onnx.ModelProto, args: tuple, kwargs: Mapping) -> tuple[torch.Tensor, ...]:
+    """Example inputs for an ONNX model: positional in the graph's input order, or by graph
+    input name (a dict, keyword arguments, the arrays of an ``.npz``)."""
+    if len(args) == 1 and isinstance(args[0], Mapping) and not kwargs:
+        args, kwargs = (), args[0]
+    names = [vi.name for vi in _runtime_inputs(model)]
+    if kwargs:
+        if args:
+            raise InputError("example inputs are given both by position and by name", fix="give them one way")
+        unknown, missing = sorted(set(kwargs) - set(names)), [n for n in names if n not in kwargs]
+        if unknown or missing:
+            raise InputError(f"the example inputs do not match the graph's inputs {names}"
+                             f"{f': unknown {unknown}' if unknown else ''}{f': missing {missing}' if missing else ''}",
+                             fix="name one array per graph input")
+        args = tuple(kwargs[n] for n in names)
+    if args and len(args) != len(names):
+        raise InputError(f"{len(args)} example input(s) given; the graph takes {len(names)}: {names}",
+                         fix="give one per graph input, in the graph's order or by name")
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a for a in args)
+
+
+class _Selected:
+    """A reference runner's outputs narrowed to the ones the result keeps, shaped like them."""
+
+    def __init__(self, run: Callable, choice: OutputChoice) -> None:
+        self.run, self.choice = run, choice
+        self.label = getattr(run, "label", None)
+
+    def __call__(self, inputs):
+        outputs = self.run(inputs)
+        self.label = getattr(self.run, "label", self.label)  # the engine it fell back to
+        return self.choice.pick(outputs)
+
+
+def _onnx_source(proto: onnx.ModelProto, args: tuple, kwargs: Mapping, output: Selector, dims: Mapping[str, int],
+                 need_inputs: bool = True) -> _Source:
     """A half precision file is checked against onnxruntime on itself and, tightly, on an
-    upcast float32 copy."""
+    upcast float32 copy. The outputs the result does not keep are dropped from the graph
+    before the passes; references run the whole file and are narrowed to the same."""
     prepared, reused = normalize(proto)
+    choice = keep_onnx_outputs(prepared.proto, output)
     references: list[Reference] = []
     name = proto.graph.name
+    report = RewriteReport("onnx", unshared_modules=reused, outputs=choice)
     if not need_inputs:
-        return _Source(proto, prepared, (), references, RewriteReport("onnx", unshared_modules=reused),
-                       _class_name(name))
-    inputs = _as_float32(inputs or _random_inputs(prepared.proto, dims))
+        return _Source(proto, prepared, (), references, report, _class_name(name))
+    inputs = _as_float32(_onnx_inputs(prepared.proto, args, kwargs) or _random_inputs(prepared.proto, dims))
     half = half_precision_type(prepared.proto)
     if half is not None:
         upcast = onnx.ModelProto()
         upcast.CopyFrom(proto)
         upcast_model(upcast)
-        references.append(Reference("onnxruntime on a float32 copy", OnnxRunner(upcast, " on a float32 copy")))
-    references.append(Reference("onnxruntime", OnnxRunner(proto, held=prepared.held), ONNX_TO_TORCH_DTYPE.get(half)))
-    return _Source(proto, prepared, inputs, references, RewriteReport("onnx", unshared_modules=reused),
-                   _class_name(name))
+        references.append(Reference("onnxruntime on a float32 copy",
+                                    _Selected(OnnxRunner(upcast, " on a float32 copy"), choice)))
+    references.append(Reference("onnxruntime", _Selected(OnnxRunner(proto, held=prepared.held), choice),
+                                ONNX_TO_TORCH_DTYPE.get(half)))
+    return _Source(proto, prepared, inputs, references, report, _class_name(name))
 
 
 def _class_name(name: str) -> str:
@@ -242,33 +334,62 @@ class _Clock:
         self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
 
 
-def _read(model: ModelSource, example_inputs: tuple, dims, exporter: str, opset: int | None, clock: _Clock,
+@dataclass(frozen=True)
+class _Call:
+    """How the user calls the model (``rewrite(model, *args, **kwargs)``) and which output
+    of it is explained."""
+
+    args: tuple
+    kwargs: Mapping
+    output: Selector = None
+
+
+def _read(model: ModelSource, call: _Call, dims, exporter: str, opset: int | None, clock: _Clock,
           need_inputs: bool = True, fixed_batch: bool = True) -> _Source:
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise InputError(f"unknown exporter '{exporter}'", fix="use 'auto', 'dynamo' or 'torchscript'")
     if isinstance(model, nn.Module):
         with clock.stage("export", "exporting to ONNX"):
-            return _torch_source(model, example_inputs, exporter, opset, fixed_batch)
+            return _torch_source(model, call.args, call.kwargs, call.output, exporter, opset, fixed_batch)
+    if isinstance(model, (str, os.PathLike)) and is_exported_program(model):
+        with clock.stage("export", "translating the torch.export archive to ONNX"):
+            model, args, kwargs = read_exported_program(model)
+        if not call.args and not call.kwargs:
+            if not args and not kwargs:
+                raise InputError("the torch.export archive carries no example inputs",
+                                 fix="give example rows (CLI: --inputs ROWS.npz)")
+            call = _Call(args, kwargs, call.output)
     with clock.stage("load", "reading the ONNX model"):
-        return _onnx_source(_load_source(model), example_inputs, dims or {}, need_inputs)
+        return _onnx_source(_load_source(model), call.args, call.kwargs, call.output, dims or {}, need_inputs)
 
 
 def _as_tuple(value) -> tuple[torch.Tensor, ...]:
     return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
-def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str, int] | None = None,
+def rewrite(model: ModelSource, *example_inputs, dims: Mapping[str, int] | None = None,
             exporter: str = "auto", opset: int | None = None, atol: float | None = None, rtol: float | None = None,
             dynamic_batch: bool = True, decompose_clips: bool = False, max_tensor_bytes: int = 1 << 30,
-            check: bool = False, check_background=None, check_inputs=None,
-            report: bool = False, progress: Progress | None = None) -> nn.Module | tuple[nn.Module, RewriteReport]:
+            output: Selector = None, check: bool = False, check_background=None, check_inputs=None,
+            report: bool = False, progress: Progress | None = None,
+            **example_kwargs) -> nn.Module | tuple[nn.Module, RewriteReport]:
     """Rewrite ``model`` into an equivalent ``torch.fx.GraphModule`` that SHAP's DeepExplainer
     and Captum's DeepLift explain exactly, verified against the source before it is returned.
 
     Args:
         model: a ``torch.nn.Module`` (``example_inputs`` required), or an ONNX model as a
             file path, ``bytes`` or ``onnx.ModelProto`` (``example_inputs`` optional).
-        example_inputs: tensors the model is called with; the batch dim is dim 0.
+        example_inputs, example_kwargs: what the model is called with, as its users call it:
+            tensors, lists or tuples of tensors, a dict (or a tokenizer's ``BatchEncoding``)
+            of keyword inputs, or keyword arguments (``rewrite(model, **batch)``); for an
+            ONNX model, tensors in the graph's input order or by input name. The batch dim
+            is dim 0. The result takes the tensors positionally (see
+            :mod:`rewriter.interface` for their names and order).
+        output: which output the result returns, by name or index among the model's flat
+            outputs (a dict's or ``ModelOutput``'s keys, a tuple's indices): by default
+            ``logits`` where there is one, else the first floating point output. One output
+            comes back as ``[batch, k]``; a list of several, as a tuple (no explainer takes
+            that: the report says so).
         dims: sizes for symbolic input dims of an ONNX model when no example inputs are
             given, by name, e.g. ``{"batch": 4, "seq": 16}``.
         exporter: "auto" (dynamo, then TorchScript), "dynamo" or "torchscript".
@@ -299,7 +420,8 @@ def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str
         with clock.stage("verify", "verifying against the source"):
             info.verification = verify(module, references, inputs, output_names, Tolerance(atol, rtol))
     else:
-        source = _read(model, tuple(example_inputs), dims, exporter, opset, clock)
+        call = _Call(tuple(example_inputs), example_kwargs, output)
+        source = _read(model, call, dims, exporter, opset, clock)
         options = PassOptions(dynamic_batch, decompose_clips, max_tensor_bytes=max_tensor_bytes)
         tolerance = Tolerance(atol, rtol)
         try:
@@ -309,10 +431,11 @@ def rewrite(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str
                 raise
             # Exported at a fixed batch, the graph still held it somewhere (verification is the
             # check of that): the dynamic-shape export, which costs more.
-            source = _read(model, tuple(example_inputs), dims, exporter, opset, clock, fixed_batch=False)
+            source = _read(model, call, dims, exporter, opset, clock, fixed_batch=False)
             source.report.notes.insert(0, dynamic_batch_note(exc.message))
             module = _rewrite_source(source, options, tolerance, clock)
         info, inputs = source.report, source.inputs
+        info.interface = module.interface
     info.nodes = classify(module)
     if check:
         with clock.stage("check", "checking additivity with the explainers"):
@@ -343,36 +466,67 @@ def _rewrite_source(source: _Source, options: PassOptions, tolerance: Tolerance,
 def _convert_and_verify(source: _Source, options: PassOptions, plan: _SecondBatch, tolerance: Tolerance,
                         clock: _Clock) -> nn.Module:
     """Passes, import and verification of ``source``; the report records each."""
-    options = dataclasses.replace(options, feeds=_feeds(source.prepared.proto, source.inputs, plan.extra_rows, plan.carries))
+    options = dataclasses.replace(options, feeds=_feeds(source, plan.extra_rows, plan.carries))
     module = _passes_and_import(source, options, clock)
     with clock.stage("verify", "verifying against the source"):
-        source.report.verification = verify(module, source.references, source.inputs, _output_names(source.proto),
-                                            tolerance, plan.extra_rows, plan.carries)
+        source.report.verification = verify(_AsSource(module), source.references, source.inputs,
+                                            source.report.output_names, tolerance, plan.extra_rows, plan.carries)
+        module.check_batch = _check_batch(module, source.inputs)
     return module
+
+
+def _check_batch(module: ExplainableModule, inputs: tuple[torch.Tensor, ...]) -> dict:
+    """Two rows of the inputs (the whole of any input that carries no batch), saved with the
+    module and its outputs on them (see ``rewriter.artifact``)."""
+    rows = min((len(t) for t in inputs if t.dim()), default=0)
+    kept = [t[:2].clone() if t.dim() and len(t) == rows else t.clone() for t in inputs]
+    with GATE.run(), torch.no_grad():
+        try:
+            module(*module.embed(*kept))
+        except ShapRewriteError:  # a batch kept fixed: all of its rows
+            kept = [t.clone() for t in inputs]
+    return {"inputs": kept}
+
+
+class _AsSource(nn.Module):
+    """A rewritten module called as its source is: ``module(*module.embed(*inputs))``."""
+
+    def __init__(self, module: ExplainableModule) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *inputs: torch.Tensor):
+        return self.module(*self.module.embed(*inputs))
 
 
 def _passes_and_import(source: _Source, options: PassOptions, clock: _Clock) -> nn.Module:
     info = source.report
     with collector_paused():
         with clock.stage("passes", "running passes"):
-            rewritten, info.passes = run_passes(source.prepared, options)
+            rewritten, info.passes = run_passes(source.main, options)
         with clock.stage("import", "importing into torch"):
             held = {name: tensor_from_array(constant.values) for name, constant in rewritten.held.items()}
-            return import_onnx(rewritten.proto, source.class_name, held)
+            module = import_onnx(rewritten.proto, source.class_name, held)
+            module.interface = source.interface
+            if source.embedder is not None:
+                module.add_module("embedder", copy.deepcopy(source.embedder))
+            return module
 
 
-def inspect(model: ModelSource, *example_inputs: torch.Tensor, dims: Mapping[str, int] | None = None,
+def inspect(model: ModelSource, *example_inputs, dims: Mapping[str, int] | None = None,
             exporter: str = "auto", opset: int | None = None, dynamic_batch: bool = True,
-            decompose_clips: bool = False, max_tensor_bytes: int = 1 << 30,
-            progress: Progress | None = None) -> RewriteReport:
+            decompose_clips: bool = False, max_tensor_bytes: int = 1 << 30, output: Selector = None,
+            progress: Progress | None = None, **example_kwargs) -> RewriteReport:
     """What :func:`rewrite` would do, without verifying or returning a model: each pass's
     changes, how each explainer would treat each node, and every unsupported op (in
     ``report.unsupported`` rather than raised)."""
     clock = _Clock(progress)
-    source = _read(model, tuple(example_inputs), dims, exporter, opset, clock, need_inputs=False)
+    source = _read(model, _Call(tuple(example_inputs), example_kwargs, output), dims, exporter, opset, clock,
+                   need_inputs=False)
     try:
         options = PassOptions(dynamic_batch, decompose_clips, max_tensor_bytes=max_tensor_bytes)
-        source.report.nodes = classify(_passes_and_import(source, options, clock))
+        module = _passes_and_import(source, options, clock)
+        source.report.nodes, source.report.interface = classify(module), module.interface
     except UnsupportedOpError as exc:
         source.report.unsupported = exc.ops
     source.report.timings = clock.timings

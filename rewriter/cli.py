@@ -56,6 +56,22 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _output(text: str) -> str | int:
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _example_inputs(path: str | None) -> tuple:
+    """The arrays of ``--inputs``: one positionally (a .npy), the rest by input name (a .npz)."""
+    if path is None:
+        return ()
+    import torch
+
+    from .arrays import read_arrays
+
+    arrays = {name: torch.from_numpy(array) for name, array in read_arrays(path).items()}
+    return (next(iter(arrays.values())),) if Path(path).suffix != ".npz" else (arrays,)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dim", action="append", type=_dim, default=[], metavar="NAME=SIZE",
                         help="size of a symbolic input dim for the check inputs (repeatable)")
@@ -65,6 +81,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="write ReLU6/Hardtanh/Clip as ReLUs (exact without registered rules; slower)")
     parser.add_argument("--max-tensor-mib", type=_non_negative, default=1024, metavar="MIB",
                         help="refuse a graph that computes a tensor larger than this (default 1024)")
+    parser.add_argument("--inputs", metavar="ROWS",
+                        help="example rows to check the result on, instead of random ones: a .npy (one input) or "
+                             ".npz (arrays by input name); read without unpickling")
+    parser.add_argument("--output", type=_output, metavar="NAME|INDEX", dest="keep_output",
+                        help="the output to keep, of a model with several (default: 'logits', else the first float "
+                             "one); returned as [batch, k]")
     parser.add_argument("--report", metavar="PATH", help="write the JSON report to PATH")
     parser.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     parser.add_argument("--quiet", action="store_true", help="print nothing on stderr but errors")
@@ -76,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rewrite an ONNX model into an equivalent torch module that SHAP DeepExplainer and "
                     "Captum DeepLift explain exactly. The result is verified against onnxruntime "
                     "before it is written.")
-    parser.add_argument("input", help="ONNX model file")
+    parser.add_argument("input", help="ONNX model file, or a torch.export archive (.pt2)")
     parser.add_argument("output", help="where to write the rewritten module (.pt)")
     parser.add_argument("--atol", type=_non_negative, help="absolute verification tolerance (default by dtype)")
     parser.add_argument("--rtol", type=_non_negative, help="relative verification tolerance (default by dtype)")
@@ -94,7 +116,7 @@ def build_inspect_parser() -> argparse.ArgumentParser:
         prog="shaprewrite inspect", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES,
         description="Report what shaprewrite would do to an ONNX model, without writing one: the rewrites, the "
                     "nodes that would stay approximate, and any unsupported ops (exit 4).")
-    parser.add_argument("input", help="ONNX model file")
+    parser.add_argument("input", help="ONNX model file, or a torch.export archive (.pt2)")
     _common(parser)
     return parser
 
@@ -182,7 +204,8 @@ def run(args: argparse.Namespace) -> int:
     if Path(args.input).resolve() == output.resolve():
         raise InputError("input and output are the same file", fix="write the output to another path")
     terminal = _Terminal(args.quiet)
-    module, report = rewrite(args.input, dims=dict(args.dim), atol=args.atol, rtol=args.rtol,
+    module, report = rewrite(args.input, *_example_inputs(args.inputs), dims=dict(args.dim), atol=args.atol,
+                             rtol=args.rtol, output=args.keep_output,
                              dynamic_batch=not args.static_batch, decompose_clips=args.decompose_clips,
                              max_tensor_bytes=int(args.max_tensor_mib * 2**20), check=args.check, report=True,
                              progress=terminal.progress)
@@ -203,7 +226,8 @@ def run_inspect(args: argparse.Namespace) -> int:
     from .api import inspect
 
     terminal = _Terminal(args.quiet)
-    report = inspect(args.input, dims=dict(args.dim), dynamic_batch=not args.static_batch,
+    report = inspect(args.input, *_example_inputs(args.inputs), dims=dict(args.dim), output=args.keep_output,
+                     dynamic_batch=not args.static_batch,
                      decompose_clips=args.decompose_clips, max_tensor_bytes=int(args.max_tensor_mib * 2**20),
                      progress=terminal.progress)
     terminal.summary(report)

@@ -12,12 +12,13 @@ and they are put back in order.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -30,6 +31,7 @@ from .errors import AdditivityError, EngineError, InputError, describe
 from .result import ExplainableModule
 
 Array = np.ndarray | torch.Tensor
+Inputs = Array | Sequence[Array] | Mapping[str, Array]
 Explainer = Literal["shap", "captum"]
 Engine = Literal["local", "ray"]
 EXPLAINERS = ("shap", "captum")
@@ -40,72 +42,92 @@ ENGINES = ("local", "ray")
 class Explanation:
     """What :func:`run_explanation` did: the attributions, and how well and how fast."""
 
-    attributions: list[np.ndarray]  # one per model input: inputs[i].shape + (n_outputs,), float32
+    attributions: list[np.ndarray]  # one per explained input (see ``names``): rows' shape + (n_outputs,)
     worst_error: float  # the worst row's relative additivity error
     seconds: float
     rows: int
+    names: list[str] = field(default_factory=list)  # the source input each array attributes to
+    notes: list[str] = field(default_factory=list)  # conversions made on the way, in words
 
     @property
     def rows_per_second(self) -> float:
         return self.rows / max(self.seconds, 1e-9)
 
 
-def explain(model: ExplainableModule | str | os.PathLike, inputs: Array | Sequence[Array],
-            background: Array | Sequence[Array], *, explainer: Explainer = "shap", batch_size: int = 64,
-            engine: Engine = "local", device: str = "cpu", progress: bool = True, threshold: float = 1e-4,
-            address: str | None = None, workers: int | None = None,
+def explain(model: ExplainableModule | str | os.PathLike, inputs: Inputs, background: Inputs | None = None, *,
+            reference: int | None = None, keep_tokens: Sequence[int] = (), explainer: Explainer = "shap",
+            batch_size: int = 64, engine: Engine = "local", device: str = "cpu", progress: bool = True,
+            threshold: float = 1e-4, address: str | None = None, workers: int | None = None,
             output: int | None = None) -> np.ndarray | list[np.ndarray]:
-    """Attributions of every row of ``inputs`` against ``background``, checked to add up.
+    """Attributions of every row of ``inputs`` against references, checked to add up.
 
     ``model`` is a rewritten module or the path of an artifact ``rewriter.save`` (or the
-    ``shaprewrite`` CLI) wrote. ``inputs`` and ``background`` are arrays or tensors, or a tuple
-    of them for a model with several inputs, with the same shape after the row axis. Returns
-    float32 attributions shaped ``inputs.shape + (n_outputs,)`` (a list, one per input, for a
-    model with several inputs): for each row they add up to ``f(x) - E[f(background)]``.
+    ``shaprewrite`` CLI) wrote. ``inputs`` holds the source model's inputs: an array or a
+    tensor, a tuple of them (in the order of ``module.interface["source_inputs"]``), or a dict
+    of them by name (token ids, an attention mask...).
 
-    ``explainer``: ``"shap"`` (``shap.DeepExplainer``) or ``"captum"`` (``DeepLiftShap`` with the
-    background as baselines). ``engine``: ``"local"``, or ``"ray"`` to spread the batches over
-    the Ray cluster at ``address`` (a local one when ``None``; ``workers`` defaults to its CPU
-    count). ``output`` picks one output of a model that returns several. A row whose relative
-    additivity error exceeds ``threshold`` raises :class:`AdditivityError` naming the rows.
+    References, for each row: the rows of ``background`` (the same forms as ``inputs``),
+    DeepSHAP's way; or, with ``reference=TOKEN_ID``, the row itself with every token id not
+    in ``keep_tokens`` replaced by that token (a pad or mask id), Captum's way. Context inputs
+    (an attention mask) are the row's own in all of its references, so a padded position
+    gets no attribution.
+
+    Returns float32 attributions for each explained input, shaped like its rows plus one
+    axis for the outputs: per token (summed over the embedding) for token ids, per element
+    for float inputs. A list when there are several. For each row they add up to
+    ``f(x) - mean f(references)``; a row whose relative additivity error exceeds
+    ``threshold`` raises :class:`AdditivityError` naming the rows.
+
+    ``explainer``: ``"shap"`` (``shap.DeepExplainer``) or ``"captum"`` (``DeepLiftShap``).
+    ``engine``: ``"local"``, or ``"ray"`` to spread the batches over the Ray cluster at
+    ``address`` (a local one when ``None``; ``workers`` defaults to its CPU count).
+    ``output`` picks one output of a module that returns several.
     """
-    result = run_explanation(model, inputs, background, explainer=explainer, batch_size=batch_size,
-                             engine=engine, device=device, progress=progress, threshold=threshold,
-                             address=address, workers=workers, output=output)
+    result = run_explanation(model, inputs, background, reference=reference, keep_tokens=keep_tokens,
+                             explainer=explainer, batch_size=batch_size, engine=engine, device=device,
+                             progress=progress, threshold=threshold, address=address, workers=workers, output=output)
     return result.attributions if len(result.attributions) > 1 else result.attributions[0]
 
 
-def run_explanation(model: ExplainableModule | str | os.PathLike, inputs: Array | Sequence[Array],
-                    background: Array | Sequence[Array], *, explainer: Explainer = "shap", batch_size: int = 64,
-                    engine: Engine = "local", device: str = "cpu", progress: bool = True,
-                    threshold: float = 1e-4, address: str | None = None, workers: int | None = None,
+def run_explanation(model: ExplainableModule | str | os.PathLike, inputs: Inputs, background: Inputs | None = None,
+                    *, reference: int | None = None, keep_tokens: Sequence[int] = (),
+                    explainer: Explainer = "shap", batch_size: int = 64, engine: Engine = "local",
+                    device: str = "cpu", progress: bool = True, threshold: float = 1e-4,
+                    address: str | None = None, workers: int | None = None,
                     output: int | None = None) -> Explanation:
-    """:func:`explain`, returning the attributions with the worst error and the time taken."""
+    """:func:`explain`, returning the attributions with the worst error, the time taken and
+    the notes."""
     from .artifact import load
 
-    if explainer not in EXPLAINERS:
-        raise InputError(f"unknown explainer '{explainer}'", fix=f"use one of {', '.join(EXPLAINERS)}")
-    if engine not in ENGINES:
-        raise InputError(f"unknown engine '{engine}'", fix=f"use one of {', '.join(ENGINES)}")
-    if batch_size < 1:
-        raise InputError(f"batch_size must be positive, not {batch_size}", fix="pass a batch size of 1 or more")
+    _check_options(explainer, engine, batch_size, threshold, background, reference)
     if isinstance(model, (str, os.PathLike)):
         model = load(model)
     elif not isinstance(model, ExplainableModule):
         raise InputError(f"explain takes a rewritten model, not a {type(model).__name__}",
                          fix="rewrite it first: rewriter.rewrite(model, example_inputs)")
-    xs, bg = _rows("inputs", inputs), _rows("background", background)
-    _check_alike(xs, bg)
-    _check_model_runs(model, xs, bg, output, device)
+    plan = _Plan(model)
+    notes: list[str] = []
+    rows = plan.arrays("inputs", inputs, notes)
+    refs = plan.arrays("background", background, notes) if background is not None else None
+    if refs is not None:
+        _check_alike(plan.names, rows, refs)
+    with GATE.run(), torch.no_grad():
+        xs, context = plan.module_inputs(rows)
+        if refs is not None:
+            shared, per_row = plan.module_inputs(refs)[0], None
+        else:
+            shared, per_row = None, plan.module_inputs(plan.token_references(rows, reference, keep_tokens))[0]
+    _check_model_runs(model, xs, context, shared if shared is not None else per_row, output, device)
     settings = {"explainer": explainer, "device": device, "output": output}
     starts = range(0, len(xs[0]), batch_size)
-    batches = [tuple(x[s:s + batch_size] for x in xs) for s in starts]
+    batches = [_Batch(tuple(x[s:s + batch_size] for x in xs), tuple(c[s:s + batch_size] for c in context),
+                      None if per_row is None else tuple(r[s:s + batch_size] for r in per_row)) for s in starts]
     started = time.perf_counter()
     if engine == "local":
-        worker = BatchExplainer(model, bg, **settings)
+        worker = BatchExplainer(model, shared, **settings)
         results = (worker(batch) for batch in batches)
     else:
-        results = _on_ray(model, bg, settings, batches, address, workers)
+        results = _on_ray(model, shared, settings, batches, address, workers)
     values, errors = [], []
     with _progress(len(xs[0]), progress) as bar, contextlib.closing(results):
         for start, (batch_values, batch_errors) in zip(starts, results):
@@ -113,105 +135,286 @@ def run_explanation(model: ExplainableModule | str | os.PathLike, inputs: Array 
             values.append(batch_values)
             errors.append(batch_errors)
             bar.update(len(batch_errors))
-    attributions = [np.concatenate([v[i] for v in values]) for i in range(len(xs))]
-    return Explanation(attributions, float(np.concatenate(errors).max()), time.perf_counter() - started, len(xs[0]))
+    attributions = [plan.per_source(i, np.concatenate([v[i] for v in values])) for i in range(len(xs))]
+    return Explanation(attributions, float(np.concatenate(errors).max()), time.perf_counter() - started, len(xs[0]),
+                       plan.explained_names(), notes)
+
+
+def _check_options(explainer: str, engine: str, batch_size: int, threshold: float, background, reference) -> None:
+    if explainer not in EXPLAINERS:
+        raise InputError(f"unknown explainer '{explainer}'", fix=f"use one of {', '.join(EXPLAINERS)}")
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine '{engine}'", fix=f"use one of {', '.join(ENGINES)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a whole number of 1 or more, not {batch_size!r}",
+                         fix="pass a batch size of 1 or more")
+    if not isinstance(threshold, (int, float)) or not math.isfinite(threshold) or threshold < 0:
+        raise InputError(f"threshold must be a finite number >= 0, not {threshold!r}",
+                         fix="pass the largest relative additivity error to accept, e.g. 1e-4")
+    if (background is None) == (reference is None):
+        raise InputError("give either a background or a reference token, not both" if background is not None
+                         else "no references: give a background (rows) or a reference token id",
+                         fix="explain(model, rows, background) or explain(model, ids, reference=PAD_ID)")
+    if reference is not None and (isinstance(reference, bool) or not isinstance(reference, int) or reference < 0):
+        raise InputError(f"reference must be a token id (an int >= 0), not {reference!r}", fix="pass the pad or mask id")
+
+
+class _Plan:
+    """How the rows given to :func:`explain` become the module's inputs, and its attributions
+    the rows' (see ``ExplainableModule.interface``)."""
+
+    def __init__(self, module: ExplainableModule) -> None:
+        self.module = module
+        interface = module.interface or {}
+        placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
+        self.entries = interface.get("inputs") or [
+            {"name": n.target, "role": "explained" if _float_meta(n) else "context", "source": i}
+            for i, n in enumerate(placeholders)]
+        self.names = interface.get("source_inputs") or [e["name"] for e in self.entries]
+        self.explained = [e for e in self.entries if e["role"] == "explained"]
+        # Whether each source input holds floats, from the placeholder that takes it: the
+        # module's own, or the embedder's (token ids and what else it looks up).
+        takes = {self.names[e["source"]]: n for e, n in zip(self.entries, placeholders) if "source" in e}
+        embedder = module._modules.get("embedder")
+        if embedder is not None:
+            names = interface.get("embedder_inputs", [])
+            takes.update(zip(names, [n for n in embedder.graph.nodes if n.op == "placeholder"]))
+        self.floats = {name: _float_meta(node) for name, node in takes.items()}
+
+    def arrays(self, what: str, value, notes: list[str]) -> list[np.ndarray]:
+        """One array per source input, by position or by name, checked: the same number of
+        rows, finite floats; half precision and float64 rows converted to float32."""
+        if isinstance(value, Mapping) and len(value) == len(self.names) and not set(value) & set(self.names):
+            value = list(value.values())  # arrays named otherwise (an .npz of arr_0, arr_1): in their order
+        if isinstance(value, Mapping):
+            unknown = sorted(set(value) - set(self.names))
+            missing = [n for n in self.names if n not in value]
+            if unknown or missing:
+                raise InputError(f"the {what} do not match the model's inputs {self.names}"
+                                 f"{f': unknown {unknown}' if unknown else ''}"
+                                 f"{f': missing {missing}' if missing else ''}", fix="name one array per input")
+            arrays = [value[n] for n in self.names]
+        else:
+            arrays = list(value) if isinstance(value, (tuple, list)) else [value]
+            if len(arrays) != len(self.names):
+                raise InputError(f"{len(arrays)} {what} array(s) given; the model takes {len(self.names)}: "
+                                 f"{self._described()}", fix="give one array per input, in that order or by name")
+        out = [self._checked(what, name, a, notes) for name, a in zip(self.names, arrays)]
+        if len({len(a) for a in out}) > 1:
+            raise InputError(f"the {what} arrays have different numbers of rows: {[len(a) for a in out]}",
+                             fix="give every input of a row the same row index")
+        return out
+
+    def _described(self) -> str:
+        return ", ".join(self.names)
+
+    def _checked(self, what: str, name: str, array, notes: list[str]) -> np.ndarray:
+        label = f"{what} '{name}'" if len(self.names) > 1 else what
+        if isinstance(array, torch.Tensor) and array.dtype == torch.bfloat16:  # numpy has no bfloat16
+            notes.append(f"{label}: bfloat16 rows converted to float32 (the model computes in float32)")
+            array = array.float()
+        if isinstance(array, torch.Tensor):
+            array = array.detach().cpu().numpy()
+        array = np.asarray(array)
+        if array.ndim == 0 or len(array) == 0:
+            raise InputError(f"{label} has no rows (shape {list(array.shape)})", fix="pass at least one row")
+        wants_float = self.floats.get(name, True)
+        if array.dtype.kind == "f":
+            bad = np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))
+            if len(bad):
+                raise InputError(f"{label} holds NaN or Inf in row(s) {bad[:10].tolist()}"
+                                 f"{' ...' if len(bad) > 10 else ''}", fix="drop or repair those rows first")
+            if not wants_float:
+                raise InputError(f"{label} holds {array.dtype} values; the model takes integers there (token ids, "
+                                 "a mask)", fix="pass the integer arrays the model was rewritten with")
+            if array.dtype != np.float32:
+                notes.append(f"{label}: {array.dtype} rows converted to float32 (the model computes in float32)")
+                array = array.astype(np.float32)
+        elif array.dtype.kind in "iub":
+            if wants_float:
+                raise InputError(f"{label} holds {array.dtype} values; the explainers attribute to float inputs",
+                                 fix="pass float arrays, or rewrite the model with its token ids so it embeds them")
+        else:
+            raise InputError(f"{label} holds {array.dtype} values, not numbers", fix="pass numeric arrays")
+        return np.ascontiguousarray(array)
+
+    def module_inputs(self, arrays: list[np.ndarray]) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+        """The module's explained and context inputs for ``arrays`` (looked up in chunks)."""
+        tensors = [torch.from_numpy(a) for a in arrays]
+        explained: list[list[np.ndarray]] = [[] for _ in self.explained]
+        for start in range(0, len(arrays[0]), _EMBED_ROWS):
+            try:
+                values = self.module.embed(*(t[start:start + _EMBED_ROWS] for t in tensors))
+            except (IndexError, RuntimeError) as exc:  # ids past the vocabulary, shapes the lookups refuse
+                raise InputError(f"the model cannot take these rows: {describe(exc)}",
+                                 fix="pass ids within the vocabulary and inputs of the shapes it was rewritten "
+                                     "for") from exc
+            for k, entry in enumerate(self.explained):
+                explained[k].append(values[self.entries.index(entry)].numpy())
+        context = tuple(arrays[e["source"]] for e in self.entries if e["role"] == "context")
+        return tuple(np.concatenate(parts) for parts in explained), context
+
+    def token_references(self, rows: list[np.ndarray], token: int, keep: Sequence[int]) -> list[np.ndarray]:
+        """The rows with every id not in ``keep`` replaced by ``token``, in the inputs whose ids
+        are embedded first in a sum (the word ids, not their token types)."""
+        looked_up = {e["embeds"][0] for e in self.explained if e.get("embeds")}
+        if not looked_up:
+            raise InputError("reference=TOKEN was given, but the model embeds no token ids",
+                             fix="give a background of rows instead")
+        references = [a.copy() for a in rows]
+        for name in looked_up:
+            ids = references[self.names.index(name)]
+            ids[~np.isin(ids, list(keep))] = token
+        return references
+
+    def per_source(self, k: int, values: np.ndarray) -> np.ndarray:
+        """Explained input ``k``'s attributions as the rows' own: an embedding's summed over
+        its last axis, so there is one number per token."""
+        return values.sum(axis=-2) if self.explained[k].get("embeds") else values
+
+    def explained_names(self) -> list[str]:
+        return [e["embeds"][0] if e.get("embeds") else e["name"] for e in self.explained]
+
+
+_EMBED_ROWS = 256
+
+
+def _float_meta(node) -> bool:
+    dtype = node.meta.get("dtype")
+    return dtype is None or dtype.is_floating_point
+
+
+@dataclass
+class _Batch:
+    """Rows to explain: the module's explained inputs, its context inputs, and each row's own
+    references when there is no shared background."""
+
+    xs: tuple[np.ndarray, ...]
+    context: tuple[np.ndarray, ...]
+    references: tuple[np.ndarray, ...] | None = None
 
 
 class BatchExplainer:
-    """One model with its explainer and background, ready to explain batch after batch.
+    """One model with its explainer and shared background (or none: each row then brings its
+    references), ready to explain batch after batch.
 
-    Call it with a tuple of arrays (one per model input); it returns the attributions (one
-    float32 array per input, ``shape + (n_outputs,)``) and each row's relative additivity error.
+    Call it with a :class:`_Batch`; it returns the attributions (one float32 array per
+    explained input, ``shape + (n_outputs,)``) and each row's relative additivity error.
+    Rows that share their context and references are explained together, with the context
+    bound to the module (``ExplainableModule.with_context``).
     """
 
-    def __init__(self, model: nn.Module, background: Sequence[np.ndarray], *, explainer: Explainer = "shap",
-                 device: str = "cpu", output: int | None = None) -> None:
+    def __init__(self, model: ExplainableModule, background: Sequence[np.ndarray] | None, *,
+                 explainer: Explainer = "shap", device: str = "cpu", output: int | None = None) -> None:
         self.device = _device(device)
-        self.view = OutputView(model.to(self.device).eval(), output)
-        self.background = tuple(torch.as_tensor(b, device=self.device) for b in background)
+        self.model = model.to(self.device).eval()
+        self.output = output
         self.explainer = explainer
+        self.background = None if background is None else tuple(torch.as_tensor(b, device=self.device)
+                                                                 for b in background)
+        self._engines: dict = {}
+
+    def __call__(self, batch: _Batch) -> tuple[list[np.ndarray], np.ndarray]:
+        xs = tuple(torch.as_tensor(x, device=self.device) for x in batch.xs)
+        context = tuple(torch.as_tensor(c, device=self.device) for c in batch.context)
+        per_row = None if batch.references is None else tuple(torch.as_tensor(r, device=self.device)
+                                                              for r in batch.references)
+        values: list[list[np.ndarray]] = [[] for _ in xs]
+        errors = np.zeros(len(xs[0]))
+        order = []
+        for rows, ctx, refs in self._groups(xs, context, per_row):
+            group_values, group_errors = self._explain(tuple(x[rows] for x in xs), ctx, refs)
+            for k, v in enumerate(group_values):
+                values[k].append(v)
+            errors[rows] = group_errors
+            order.extend(rows)
+        inverse = np.argsort(order)
+        return [np.concatenate(v)[inverse] for v in values], errors
+
+    def _groups(self, xs, context, per_row):
+        """Rows explained together: those that share their context (and, with a background,
+        its references); with references per row, each row alone."""
+        count = len(xs[0])
+        if per_row is not None:
+            for i in range(count):
+                yield [i], tuple(c[i:i + 1] for c in context), tuple(r[i:i + 1] for r in per_row)
+            return
+        if not context:
+            yield list(range(count)), (), self.background
+            return
+        keys: dict[bytes, list[int]] = {}
+        for i in range(count):
+            keys.setdefault(b"".join(c[i].cpu().numpy().tobytes() for c in context), []).append(i)
+        for rows in keys.values():
+            yield rows, tuple(c[rows[0]:rows[0] + 1] for c in context), self.background
+
+    def _view(self, context: tuple[torch.Tensor, ...]) -> nn.Module:
+        module = self.model.with_context(*context) if context else self.model
+        return OutputView(module, self.output)
+
+    def _explain(self, xs, context, references) -> tuple[list[np.ndarray], np.ndarray]:
+        view = self._view(context)
         with GATE.run():
             with torch.no_grad():
-                outputs = self.view(*self.background)
-            self.reference = outputs.mean(0)
-            self.floor = max(1e-3 * (outputs - self.reference).abs().max().item(), 1e-12)
+                reference_outputs = view(*references)
+                reference = reference_outputs.mean(0)
+                delta = (view(*xs) - reference).cpu().numpy()
+            floor = max(1e-3 * (reference_outputs - reference).abs().max().item(), 1e-12)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                if explainer == "shap":
-                    import shap
-
-                    self.engine = shap.DeepExplainer(self.view, _unwrap(self.background))
-                else:
-                    from captum.attr import DeepLiftShap
-
-                    self.engine = DeepLiftShap(self.view)
-
-    def __call__(self, batch: Sequence[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
-        xs = tuple(torch.as_tensor(x, device=self.device) for x in batch)
-        with GATE.run():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                values = self._shap(xs) if self.explainer == "shap" else self._captum(xs)
-            with torch.no_grad():
-                delta = (self.view(*xs) - self.reference).cpu().numpy()
+                values = self._shap(view, xs, references) if self.explainer == "shap" else \
+                    self._captum(view, xs, references)
         totals = sum(v.reshape(v.shape[0], -1, v.shape[-1]).sum(axis=1, dtype=np.float64) for v in values)
-        scale = np.maximum(np.abs(delta).max(axis=1), self.floor)
-        return values, np.abs(totals - delta).max(axis=1) / scale
+        scale = np.maximum(np.abs(delta).max(axis=1), floor)
+        errors = np.abs(totals - delta).max(axis=1) / scale
+        # NaN fails the check: a comparison with NaN is never "within the threshold".
+        return values, np.where(np.isfinite(errors), errors, np.inf)
 
-    def _shap(self, xs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
-        values = self.engine.shap_values(_unwrap(xs), check_additivity=False)
-        drop_shap_leftovers(self.view)
+    def _shap(self, view: nn.Module, xs, references) -> list[np.ndarray]:
+        import shap
+
+        key = ("shap", id(references)) if view.model is self.model else None
+        engine = self._engines.get(key) if key else None
+        if engine is None:
+            engine = shap.DeepExplainer(view, _unwrap(references))
+            if key:
+                self._engines[key] = engine
+        values = engine.shap_values(_unwrap(xs), check_additivity=False)
+        drop_shap_leftovers(view)
         return [np.asarray(v, dtype=np.float32) for v in (values if len(xs) > 1 else [values])]
 
-    def _captum(self, xs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
+    def _captum(self, view: nn.Module, xs, references) -> list[np.ndarray]:
+        from captum.attr import DeepLift, DeepLiftShap
+
+        # DeepLiftShap averages over two references or more; DeepLift takes one.
+        engine = DeepLiftShap(view) if len(references[0]) > 1 else DeepLift(view)
         with torch.no_grad():
-            n_outputs = self.view(*(x[:1] for x in xs)).shape[1]
-        per_target = [self.engine.attribute(xs, baselines=self.background, target=k) for k in range(n_outputs)]
+            n_outputs = view(*(x[:1] for x in xs)).shape[1]
+        per_target = [engine.attribute(xs, baselines=references, target=k) for k in range(n_outputs)]
         return [np.stack([t[i].detach().cpu().numpy() for t in per_target], axis=-1).astype(np.float32)
                 for i in range(len(xs))]
 
 
-def _rows(what: str, value: Array | Sequence[Array]) -> tuple[np.ndarray, ...]:
-    """Float arrays, one per model input, that share their number of rows."""
-    arrays = tuple(value) if isinstance(value, (tuple, list)) else (value,)
-    out = []
-    for i, array in enumerate(arrays):
-        array = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
-        name = f"{what}[{i}]" if len(arrays) > 1 else what
-        if not np.issubdtype(array.dtype, np.floating):
-            raise InputError(f"{name} holds {array.dtype} values; the explainers attribute to float inputs",
-                             fix="pass float arrays (for token ids, explain from the embedding output)")
-        if array.ndim == 0 or len(array) == 0:
-            raise InputError(f"{name} has no rows (shape {list(array.shape)})", fix="pass at least one row")
-        out.append(np.ascontiguousarray(array, dtype=np.float32 if array.dtype == np.float64 else array.dtype))
-    if len({len(a) for a in out}) > 1:
-        raise InputError(f"the {what} arrays have different numbers of rows: {[len(a) for a in out]}",
-                         fix="give every input of a row the same row index")
-    return tuple(out)
-
-
-def _check_alike(xs: tuple[np.ndarray, ...], bg: tuple[np.ndarray, ...]) -> None:
-    if len(xs) != len(bg):
-        raise InputError(f"{len(xs)} input array(s) but {len(bg)} background array(s)",
-                         fix="pass one background array per model input")
-    for i, (x, b) in enumerate(zip(xs, bg)):
+def _check_alike(names: list[str], rows: list[np.ndarray], background: list[np.ndarray]) -> None:
+    for name, x, b in zip(names, rows, background):
         if x.shape[1:] != b.shape[1:] or x.dtype != b.dtype:
-            raise InputError(f"input {i} has rows of shape {list(x.shape[1:])} ({x.dtype}) but its background "
+            raise InputError(f"input '{name}' has rows of shape {list(x.shape[1:])} ({x.dtype}) but its background "
                              f"{list(b.shape[1:])} ({b.dtype})", fix="draw the background from the same data as the inputs")
 
 
-def _check_model_runs(model: nn.Module, xs: tuple[np.ndarray, ...], bg: tuple[np.ndarray, ...],
-                      output: int | None, device: str) -> None:
+def _check_model_runs(model: ExplainableModule, xs, context, references, output: int | None, device: str) -> None:
     """Fail here, with the model's own words, rather than inside an explainer or a worker."""
     where = _device(device)
-    view = OutputView(model.to(where).eval(), output)
+    model = model.to(where).eval()
+    bound = model.with_context(*(torch.as_tensor(c[:1], device=where) for c in context)) if context else model
+    view = OutputView(bound, output)
     with GATE.run(), torch.no_grad():
-        for rows in (xs, bg):
+        for rows in (xs, references):
             view(*(torch.as_tensor(r[:1], device=where) for r in rows))
 
 
 def _check_additivity(errors: np.ndarray, start: int, threshold: float) -> None:
-    bad = np.flatnonzero(errors > threshold)
+    bad = np.flatnonzero(~(errors <= threshold))
     if len(bad):
         rows = [start + int(r) for r in bad]
         raise AdditivityError(
@@ -250,7 +453,7 @@ class _RayWorker:
     def __init__(self, settings: dict) -> None:
         self.settings, self.explain = settings, None
 
-    def run(self, shared: list, batch: Sequence[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+    def run(self, shared: list, batch: _Batch) -> tuple[list[np.ndarray], np.ndarray]:
         if self.explain is None:
             import ray
 
@@ -261,8 +464,8 @@ class _RayWorker:
         return self.explain(batch)
 
 
-def _on_ray(model: ExplainableModule, background: tuple[np.ndarray, ...], settings: dict,
-            batches: list[tuple[np.ndarray, ...]], address: str | None,
+def _on_ray(model: ExplainableModule, background: tuple[np.ndarray, ...] | None, settings: dict,
+            batches: list[_Batch], address: str | None,
             workers: int | None) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
     try:
         import ray

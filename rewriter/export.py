@@ -16,7 +16,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .concurrency import GATE, collector_paused
-from .errors import ExportError, describe
+from .errors import ExportError, ShapRewriteError, describe
 from .passes.batch import BatchBaked, any_batch, fold_shape_arithmetic
 from .passes.graph import toposorted
 from .passes.weights import LightModel, export_light, import_light, light_from_ir
@@ -62,7 +62,7 @@ def at_least_batch_two(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, 
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """Silence the exporters' warnings and log lines; everything is restored afterwards.
 
     Logger levels and warning filters are process-wide, so this runs only inside an export
@@ -165,7 +165,7 @@ def _export_fixed_batch(model: nn.Module, inputs: tuple, names: list[str], opset
     size = sum(t[0].numel() * t.element_size() * rows for t in inputs if t.dim())
     if size > _STATIC_EXPORT_BYTES:
         raise BatchBaked(f"{rows} rows of the inputs would take {size / 2**20:.0f} MiB")
-    with _quiet():
+    with quiet():
         exported = _dynamo_export(model, tuple(_at_rows(t, rows) for t in inputs), names, opset).model
         fold_shape_arithmetic(exported)
     source = light_from_ir(exported)
@@ -190,7 +190,7 @@ def dynamic_batch_note(why: str) -> str:
 def _export_dynamic(model: nn.Module, inputs: tuple, names: list[str], opset: int | None) -> LightModel:
     batch = torch.export.Dim("batch")
     dynamic = tuple({0: batch} if t.dim() > 0 else {} for t in inputs)
-    with _quiet():
+    with quiet():
         program = _dynamo_export(model, inputs, names, opset, dynamic)
     return light_from_ir(program.model)
 
@@ -250,7 +250,7 @@ class _BranchWatch(TorchFunctionMode):
 def _export_torchscript(model: nn.Module, inputs: tuple, names: list[str], opset: int | None) -> LightModel:
     buffer = io.BytesIO()
     watch = _BranchWatch()
-    with _quiet(), watch:
+    with quiet(), watch:
         # Not under no_grad: there nn.TransformerEncoderLayer takes its fused fast path,
         # which exports as one opaque aten op.
         torch.onnx.export(model, inputs, buffer, dynamo=False, input_names=names, opset_version=opset or 17,
@@ -260,33 +260,55 @@ def _export_torchscript(model: nn.Module, inputs: tuple, names: list[str], opset
     return LightModel(onnx.load_from_string(buffer.getvalue()), {})
 
 
-def _check_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-    """The model's outputs on the inputs: it must run on them and return a tensor or a
-    tuple/list of tensors."""
+def run_model(model: nn.Module, args: tuple, kwargs: dict | None = None):
+    """What ``model(*args, **kwargs)`` returns, run as it will be exported (in eval mode,
+    without gradients); its own failure is an :class:`ExportError` quoting it."""
     try:
-        with GATE.run(), torch.no_grad():
-            out = model(*inputs)
+        with GATE.run(), torch.no_grad(), evaluating(model):
+            return model(*args, **(kwargs or {}))
+    except ShapRewriteError:
+        raise
     except Exception as exc:  # whatever the model raises
-        raise ExportError(f"the model fails on the example inputs: {describe(exc)}",
-                          fix="pass example inputs the model accepts (batch dim first)") from exc
+        raise ExportError(f"the model fails on the example inputs: {describe(exc, 600)}",
+                          fix="pass example inputs the model accepts, as it is called (batch dim first)") from exc
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module):
+    """``model`` in eval mode, each submodule's own mode restored afterwards (``train(mode)``
+    would set every submodule to the top module's mode)."""
+    modes = [(module, module.training) for module in model.modules()]
+    for module, _ in modes:  # not model.eval(): torch.export's unlifted modules refuse it
+        module.training = False
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _as_outputs(out) -> list[torch.Tensor]:
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, (tuple, list)) and out and all(isinstance(o, torch.Tensor) for o in out):
         return list(out)
     raise ExportError(f"forward() returns {type(out).__name__}, not a tensor or a tuple of tensors",
-                      fix="wrap the model so forward() returns the tensors to explain")
+                      fix="return the tensors to explain (rewrite() picks one of a dict or ModelOutput)")
 
 
 _EXPORTERS = {DYNAMO: _export_dynamic, TORCHSCRIPT: _export_torchscript}
 
 
 def export_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], *, exporter: str = "auto",
-                  opset: int | None = None, fixed_batch: bool = True) -> ExportedModel:
+                  opset: int | None = None, fixed_batch: bool = True, names: list[str] | None = None,
+                  outputs: list[torch.Tensor] | None = None) -> ExportedModel:
     """Export ``model`` called on ``inputs`` to an in-memory ONNX model with a dynamic batch dim.
 
     ``exporter`` is "auto" (dynamo, then TorchScript when dynamo fails), "dynamo" or
     "torchscript"; ``opset`` defaults to each exporter's own. ``fixed_batch``: try the dynamo
-    export at a fixed batch first, made batch-free (the result says whether it was). Raises
+    export at a fixed batch first, made batch-free (the result says whether it was).
+    ``names`` names the graph inputs (default: ``forward``'s parameters); ``outputs`` are the
+    model's outputs on ``inputs`` where the caller ran it already. Raises
     :class:`ExportError` naming each exporter's failure.
 
     Thread-safe: exports from several threads run one after the other, and apart from every
@@ -299,8 +321,8 @@ def export_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], *, exporte
     if bad or not inputs:
         raise ExportError("example inputs must be one or more torch.Tensor values",
                           fix="call rewrite(model, x) or rewrite(model, x1, x2) with tensors")
-    outputs = _check_outputs(model, inputs)
-    names = input_names_for(model, len(inputs))
+    outputs = _as_outputs(run_model(model, inputs)) if outputs is None else outputs
+    names = names or input_names_for(model, len(inputs))
     order = [DYNAMO, TORCHSCRIPT] if exporter == "auto" else [exporter]
     with GATE.export(), collector_paused():
         exported = _export_in_order(model, at_least_batch_two(inputs), names, order, opset, fixed_batch)
@@ -312,27 +334,22 @@ def _export_in_order(model: nn.Module, inputs: tuple, names: list[str], order: l
                      fixed_batch: bool) -> ExportedModel:
     failures: list[str] = []
     notes: list[str] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with _hooks_detached(model):
-            for name in order:
-                if name == DYNAMO and fixed_batch:
-                    try:
-                        light = _export_fixed_batch(model, inputs, names, opset)
-                        return ExportedModel(light, name, names, failures[0] if failures else None, fixed_batch=True)
-                    except Exception as exc:  # the exporter's own failures, or the batch baked in
-                        notes.append(dynamic_batch_note(describe(exc)))
-                        log.debug("%s", notes[-1])
+    with evaluating(model), _hooks_detached(model):
+        for name in order:
+            if name == DYNAMO and fixed_batch:
                 try:
-                    light = _EXPORTERS[name](model, inputs, names, opset)
-                    return ExportedModel(light, name, names, failures[0] if failures else None, notes=notes)
-                except _DataDependentTrace as exc:
-                    failures.append(f"{name} exporter: data-dependent control flow ({exc})")
-                except Exception as exc:  # the exporters raise many unrelated types
-                    failures.append(f"{name} exporter: {describe(exc)}")
-    finally:
-        model.train(was_training)
+                    light = _export_fixed_batch(model, inputs, names, opset)
+                    return ExportedModel(light, name, names, failures[0] if failures else None, fixed_batch=True)
+                except Exception as exc:  # the exporter's own failures, or the batch baked in
+                    notes.append(dynamic_batch_note(describe(exc)))
+                    log.debug("%s", notes[-1])
+            try:
+                light = _EXPORTERS[name](model, inputs, names, opset)
+                return ExportedModel(light, name, names, failures[0] if failures else None, notes=notes)
+            except _DataDependentTrace as exc:
+                failures.append(f"{name} exporter: data-dependent control flow ({exc})")
+            except Exception as exc:  # the exporters raise many unrelated types
+                failures.append(f"{name} exporter: {describe(exc)}")
     raise ExportError("the model could not be exported to ONNX; " + "; ".join(failures),
                       fix="make forward() free of data-dependent Python control flow and return tensors "
                           "(or a tuple of tensors), or export to ONNX yourself and pass the file")

@@ -43,6 +43,17 @@ def check_input(x: torch.Tensor, shape: Sequence[int | str | None], name: str) -
     return x
 
 
+def rows_like(value: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
+    """``value`` with ``x``'s rows: one row repeated for each, or as many rows as ``x`` has as
+    they are (a context input bound to a module, see ``ExplainableModule.with_context``)."""
+    if value.shape[0] == x.shape[0]:
+        return value
+    if value.shape[0] == 1:
+        return value.expand(x.shape[0], *value.shape[1:])
+    raise InputError(f"context '{name}' has {value.shape[0]} rows; the batch has {x.shape[0]}",
+                     fix="bind one row of context (with_context(mask[i:i + 1])) or one per row")
+
+
 def zero_state(x: torch.Tensor, axis: int, size: int) -> torch.Tensor:
     """Zeros ``[x.shape[axis], size]`` like ``x``: a recurrent layer's state before the first step."""
     return x.new_zeros(x.shape[axis], size)

@@ -241,7 +241,9 @@ class Importer:
             self._tensor_names.setdefault(id(value), name)
 
     def _unique_attr(self, base: str) -> str:
-        name = fresh_name(base, lambda name: name in self._attr_names or hasattr(self.root, name))
+        # Not a name the result's class has (a layer named ``embed`` would hide ExplainableModule.embed).
+        name = fresh_name(base, lambda name: name in self._attr_names or hasattr(self.root, name)
+                          or hasattr(ExplainableModule, name))
         self._attr_names.add(name)
         return name
 
@@ -334,6 +336,7 @@ class Importer:
     def _placeholder(self, name: str) -> fx.Node:
         """A graph input, checked against the shape the model was rewritten for."""
         value = self.graph.placeholder(self._unique_attr(sanitize(name)))
+        value.meta["dtype"] = self.infos[name].dtype
         shape = self.infos[name].shape
         if shape and any(isinstance(d, int) for d in shape):
             value = self.emit("call_function", functional.check_input, (value, list(shape), name), {})

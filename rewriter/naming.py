@@ -107,7 +107,17 @@ def fresh_name(base: str, taken: Callable[[str], bool], start: int = 0) -> str:
     return name
 
 
-def assign_unique_names(graph: onnx.GraphProto) -> dict[str, list[str]]:
+def _within(src: _Source, scope: str) -> _Source:
+    """``src`` with its path relative to the module at ``scope`` (the user's model inside the
+    wrapper that flattens its call, see ``rewriter.interface.FlatModel``)."""
+    if src.path == scope:
+        src.path = ""
+    elif src.path.startswith(scope + "."):
+        src.path = src.path[len(scope) + 1:]
+    return src
+
+
+def assign_unique_names(graph: onnx.GraphProto, scope: str | None = None) -> dict[str, list[str]]:
     """Rename every node of ``graph`` in place to a readable name that no other node has.
 
     The node computing a call of a torch leaf module (``nn.ReLU``...) is named by the
@@ -117,10 +127,13 @@ def assign_unique_names(graph: onnx.GraphProto) -> dict[str, list[str]]:
     append their ONNX op type.
 
     Returns the torch leaf modules called more than once (``self.relu`` reused across a
-    block), by module path, with the names of the nodes that now compute each call.
+    block), by module path, with the names of the nodes that now compute each call. Paths
+    are relative to the module at ``scope`` when one is given.
     """
     written = _fx_names_written(graph)
     sources = [_source(node, written) for node in graph.node]
+    if scope:
+        sources = [_within(src, scope) for src in sources]
     ops_per_path: dict[str, set[str]] = {}
     for src in sources:
         if src.leaf and src.main:

@@ -11,6 +11,7 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
 from .errors import InputError, describe
+from .files import read_input
 from .naming import assign_unique_names
 from .passes.weights import LightModel, hold_apart, light_copy
 
@@ -32,22 +33,15 @@ def _checked_external_locations(model: onnx.ModelProto, base: Path) -> None:
                 f"tensor '{tensor.name}' keeps its data at '{location}', outside the model's directory",
                 fix="store external data files next to the model file, referenced by plain relative names")
         if not candidate.is_file():
-            raise InputError(f"external data file '{location}' for tensor '{tensor.name}' does not exist",
-                             fix="copy the data file next to the model file")
+            raise InputError(f"external data file '{location}' for tensor '{tensor.name}' does not exist or is "
+                             "not a regular file", fix="copy the data file next to the model file")
 
 
 def read_onnx(path: str | os.PathLike) -> onnx.ModelProto:
     """Read an ONNX file (and its external data, only from beside it)."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"input file '{path}' does not exist", fix="check the path")
-    if path.is_dir():
-        raise InputError(f"input '{path}' is a directory, not an ONNX file", fix="pass the .onnx file itself")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read '{path}': {exc.strerror}", fix="check the file's permissions") from exc
-    model = parse_onnx(data, str(path))
+    # Protobuf cannot parse a message past 2 GiB: larger weights live in external data files.
+    model = parse_onnx(read_input(path, "input file", limit=2**31), str(path))
     _checked_external_locations(model, path.parent)
     try:
         external_data_helper.load_external_data_for_model(model, str(path.parent))
@@ -68,13 +62,13 @@ def parse_onnx(data: bytes, origin: str = "input") -> onnx.ModelProto:
     return model
 
 
-def normalize(source: onnx.ModelProto | LightModel) -> tuple[LightModel, dict[str, list[str]]]:
+def normalize(source: onnx.ModelProto | LightModel, scope: str | None = None) -> tuple[LightModel, dict[str, list[str]]]:
     """Check the model, inline its local functions, and give every node a readable unique name.
 
     Naming happens here, on the protobuf, because it reads exporter metadata that later
     graph tooling does not keep. Returns the new model, its large weights read from
     ``source`` (or held by it; not copied), and the reused torch modules found (see
-    :func:`rewriter.naming.assign_unique_names`).
+    :func:`rewriter.naming.assign_unique_names`; module paths relative to ``scope``).
     """
     model, held = (source.proto, source.held) if isinstance(source, LightModel) else (source, {})
     newest = onnx.defs.onnx_opset_version()
@@ -96,5 +90,5 @@ def normalize(source: onnx.ModelProto | LightModel) -> tuple[LightModel, dict[st
     if light.functions:
         light = onnx.inliner.inline_local_functions(light)
     prepared = hold_apart(light, large, held)
-    reused = assign_unique_names(prepared.proto.graph)
+    reused = assign_unique_names(prepared.proto.graph, scope)
     return prepared, reused

@@ -1,8 +1,10 @@
 """One picture of a set of attributions, chosen by the shape of the rows they explain.
 
 Rows of shape ``[C, H, W]`` are images (``shap.image_plot`` of the first rows, one column per
-output); ``[T, F]`` are sequences (mean |attribution| over rows and features, per time step
-and output); anything else is tabular (mean |attribution| per feature, largest first).
+output); integer rows of shape ``[T]`` are token ids (the first rows' tokens, each coloured by
+its attribution to the output it moves most); ``[T, F]`` are sequences (mean |attribution|
+over rows and features, per time step and output); anything else is tabular (mean
+|attribution| per feature, largest first).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ _IMAGE_ROWS = 6  # an image plot of more rows is too small to read
 _FEATURES = 20
 
 
-def plot_attributions(attributions: np.ndarray, rows: np.ndarray, path: Path) -> None:
-    """Save the plot for ``attributions`` (``rows.shape + (n_outputs,)``) to ``path``, atomically."""
+def plot_attributions(attributions: np.ndarray, rows: np.ndarray, path: Path,
+                      tokens: list[str] | None = None) -> None:
+    """Save the plot for ``attributions`` (``rows.shape + (n_outputs,)``) to ``path``, atomically.
+    ``tokens`` labels token ids (the token of id ``i`` is ``tokens[i]``)."""
     try:
         import matplotlib
 
@@ -29,7 +33,9 @@ def plot_attributions(attributions: np.ndarray, rows: np.ndarray, path: Path) ->
     from .files import write_atomically
 
     kind = rows.ndim - 1
-    if kind == 3:
+    if kind == 1 and rows.dtype.kind in "iu":
+        figure = _text(attributions, rows, tokens, plt)
+    elif kind == 3:
         figure = _images(attributions, rows, plt)
     elif kind == 2:
         figure = _sequence(attributions, plt)
@@ -52,6 +58,33 @@ def _images(attributions: np.ndarray, rows: np.ndarray, plt):
     outputs = [channels_last[..., k] for k in range(channels_last.shape[-1])]
     shap.image_plot(outputs, pixels, show=False, labels=np.array([[f"output {k}" for k in range(len(outputs))]] * shown))
     return plt.gcf()
+
+
+_TOKENS_PER_LINE = 14
+
+
+def _text(attributions: np.ndarray, ids: np.ndarray, vocabulary: list[str] | None, plt):
+    from matplotlib import colormaps
+
+    shown = min(len(ids), _IMAGE_ROWS)
+    lines = [(r, s) for r in range(shown) for s in range(0, ids.shape[1], _TOKENS_PER_LINE)]
+    figure, axes = plt.subplots(figsize=(12, 0.45 * len(lines) + 0.8))
+    axes.set_axis_off()
+    scale = np.abs(attributions[:shown]).max() or 1.0
+    cmap = colormaps["coolwarm"]
+    for line, (row, start) in enumerate(lines):
+        output = int(np.abs(attributions[row].sum(axis=0)).argmax())  # the output this row moves most
+        y = 1 - (line + 0.5) / len(lines)
+        if start == 0:
+            axes.text(-0.01, y, f"row {row}, output {output}", ha="right", va="center", fontsize=8)
+        for j, position in enumerate(range(start, min(start + _TOKENS_PER_LINE, ids.shape[1]))):
+            token = int(ids[row, position])
+            label = vocabulary[token] if vocabulary is not None and 0 <= token < len(vocabulary) else str(token)
+            value = attributions[row, position, output] / scale
+            axes.text(j / _TOKENS_PER_LINE, y, label[:12], ha="left", va="center", fontsize=9, family="monospace",
+                      bbox={"facecolor": cmap(0.5 + 0.5 * value), "edgecolor": "none", "pad": 2})
+    axes.set_title("Attribution per token (red pushes the output up, blue down)", fontsize=10)
+    return figure
 
 
 def _sequence(attributions: np.ndarray, plt):

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import explainers, functional, modules
+from .interface import OutputChoice
 from .passes import PassResult
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
@@ -108,11 +109,14 @@ def _module_treatment(module: nn.Module, explainer: str, handled: set[str], ours
 
 
 def _varying(graph: fx.Graph) -> set[fx.Node]:
-    """fx nodes whose values depend on the model's inputs."""
+    """fx nodes whose values depend on the model's explained (float) inputs. Integer inputs
+    are context: a row and its references share them (see ``ExplainableModule``), so what
+    only they decide is fixed for the explainers."""
     varying: set[fx.Node] = set()
     for node in graph.nodes:
         if node.op == "placeholder":
-            varying.add(node)
+            if _is_float_node(node):
+                varying.add(node)
         elif node.op in ("call_function", "call_method", "call_module"):
             if (node.op == "call_function" and node.target in _VALUE_FREE_FUNCTIONS) or \
                     (node.op == "call_method" and node.target in _VALUE_FREE_METHODS):
@@ -237,10 +241,36 @@ class RewriteReport:
     check: dict[str, float | str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # decisions taken on the way, in words
+    outputs: OutputChoice | None = None  # the model's outputs and the one(s) the result returns
+
+    @property
+    def output_names(self) -> list[str]:
+        """The names of the outputs the result returns."""
+        return [] if self.outputs is None else [self.outputs.names[i] for i in self.outputs.kept]
+
+    interface: dict | None = None  # the result's inputs (see ExplainableModule.interface)
 
     @property
     def approximate(self) -> list[str]:
         return approximate_nodes(self.nodes)
+
+    @property
+    def not_exact_because(self) -> list[str]:
+        """Why the result, called by the explainers as it is returned, does not give exact
+        attributions: approximate nodes, unsupported ops, and what explainers cannot take."""
+        found = []
+        if self.approximate:
+            found.append(f"{len(self.approximate)} node(s) have no exact rule: {', '.join(self.approximate[:5])}"
+                         f"{' ...' if len(self.approximate) > 5 else ''}")
+        if self.unsupported:
+            found.append(f"unsupported ops: {', '.join(self.unsupported)}")
+        if self.outputs is not None:
+            found.extend(self.outputs.problems())
+        inputs = (self.interface or {}).get("inputs")
+        if inputs is not None and not any(entry["role"] == "explained" for entry in inputs):
+            found.append("no input is attributed: every input is an integer that feeds no embedding lookup "
+                         "(pass float features, or ids that an embedding reads)")
+        return found
 
     @property
     def verified(self) -> bool:
@@ -263,7 +293,11 @@ class RewriteReport:
             "unsupported": self.unsupported,
             "nodes": self.nodes,
             "approximate": self.approximate,
-            "exact": not self.approximate and not self.unsupported,
+            "exact": not self.not_exact_because,
+            "not_exact_because": self.not_exact_because,
+            "interface": {"inputs": (self.interface or {}).get("inputs", []),
+                          "source_inputs": (self.interface or {}).get("source_inputs", []),
+                          "outputs": self.outputs.as_dict() if self.outputs else None},
             "shap_additivity_error": error("shap"),
             "captum_additivity_error": error("captum"),
             "check": self.check,

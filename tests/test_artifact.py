@@ -16,7 +16,7 @@ from architectures import ResNetStyle, randomize_batchnorm
 from torch import nn
 
 from rewriter import InputError, OutputError, load, rewrite, save
-from rewriter.artifact import FORMAT, VERSION
+from rewriter.artifact import FORMAT, VERSION, digest
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,10 @@ def _hostile_files(tmp_path: Path, rewritten) -> dict[str, tuple[bytes, str]]:
     genuine = torch.load(_write(tmp_path / "genuine.pt", rewritten), weights_only=True)
 
     def variant(**changes) -> bytes:
-        return saved({**genuine, **changes})
+        """A file changed by someone who also writes a matching digest: the checks behind the
+        digest must hold on their own."""
+        document = {**genuine, **changes}
+        return saved({**document, "digest": digest(document)})
 
     return {
         "reduce_payload": (saved(Payload(marker)), "cannot be read as data only"),
@@ -123,8 +126,8 @@ def _hostile_files(tmp_path: Path, rewritten) -> dict[str, tuple[bytes, str]]:
                                     "declared type and shape"),
         "wrong_state": (variant(state={"nonsense": torch.ones(1)}), "do not fit its graph"),
         "bad_class_name": (variant(class_name="import os"), "malformed"),
-        "truncated": (saved(genuine)[:300], "cannot be read as data only"),
-        "not_a_zip": (b"hello, this is text", "cannot be read as data only"),
+        "truncated": (saved(genuine)[:300], "not a shaprewrite artifact"),
+        "not_a_zip": (b"hello, this is text", "not a shaprewrite artifact"),
     }
 
 

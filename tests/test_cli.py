@@ -122,13 +122,13 @@ def test_cli_keeps_a_fixed_batch_the_model_mixes_rows_of(tmp_path):
 
 
 def test_cli_failed_verification_writes_nothing(tmp_path):
-    """With zero tolerance, a product's float rounding (onnxruntime and torch sum in another
-    order) fails verification: exit 6, nothing written."""
+    """With zero tolerance, a float16 product fails verification (the result computes in
+    float32, onnxruntime rounds to float16): exit 6, nothing written."""
     rng = np.random.default_rng(0)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
-    proto = model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 256])],
-                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 64])],
-                  [onnx.numpy_helper.from_array(rng.normal(size=(256, 64)).astype(np.float32), "w")])
+    proto = model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["n", 256])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["n", 64])],
+                  [onnx.numpy_helper.from_array(rng.normal(size=(256, 64)).astype(np.float16), "w")])
     source = tmp_path / "product.onnx"
     onnx.save(proto, source)
     out = tmp_path / "out.pt"

@@ -175,16 +175,18 @@ def test_the_command_writes_what_the_api_returns_and_a_plot(saved, mlp):
 
 
 def test_the_command_takes_npz_for_several_inputs(two_inputs, tmp_path):
+    """By the model's input names (the rows' arrays here in the other order), or unnamed
+    (numpy's arr_0, arr_1) in the model's order."""
     model, inputs, background = two_inputs
     save(model, tmp_path / "model.pt")
-    np.savez(tmp_path / "rows.npz", a=inputs[0], b=inputs[1])
-    np.savez(tmp_path / "bg.npz", a=background[0], b=background[1])
+    np.savez(tmp_path / "rows.npz", table=inputs[1], image=inputs[0])
+    np.savez(tmp_path / "bg.npz", *background)
     done = _cli(str(tmp_path / "model.pt"), "--inputs", str(tmp_path / "rows.npz"), "--background",
                 str(tmp_path / "bg.npz"), "--out", str(tmp_path / "attr.npz"), "--explainer", "captum", "--quiet")
     assert done.returncode == 0 and done.stderr == "", done.stderr
     with np.load(tmp_path / "attr.npz") as written:
-        assert written.files == ["a", "b"]
-        assert additivity_error(model, inputs, background, [written["a"], written["b"]]) < 1e-4
+        assert written.files == ["image", "table"]
+        assert additivity_error(model, inputs, background, [written["image"], written["table"]]) < 1e-4
 
 
 @pytest.mark.parametrize("case, code, message", [

@@ -113,14 +113,20 @@ def test_rewrite_after_a_failed_shap_attempt_leaves_no_trace():
     assert shap_relative_error(rewritten, torch.randn(6, 3, 16, 16), torch.randn(2, 3, 16, 16)) < EXACT
 
 
-def test_several_outputs_are_kept():
+def test_the_first_of_several_outputs_is_returned_unless_others_are_asked_for():
     model = MultiOutputNet().eval()
     x = torch.randn(3, 6)
-    rewritten = rewrite(model, x)
-    got, want = rewritten(x), model(x)
+    want = model(x)
+    first, report = rewrite(model, x, report=True)
+    torch.testing.assert_close(first(x), want[0])
+    assert report.as_dict()["interface"]["outputs"] == {"outputs": ["0", "1"], "kept": ["0"], "reshape": None}
+    torch.testing.assert_close(rewrite(model, x, output=1)(x), want[1])
+    both, report = rewrite(model, x, output=[0, 1], report=True)
+    got = both(x)
     assert isinstance(got, tuple) and len(got) == 2
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+    assert not report.as_dict()["exact"] and "2 outputs" in report.as_dict()["not_exact_because"][0]
 
 
 def test_batch_one_example_is_enough():

@@ -79,7 +79,7 @@ def reshape(ctx):
 @converter("Flatten")
 def flatten(ctx):
     axis = ctx.attr("axis", 1)
-    if axis == 1:
+    if axis == 1 and ctx.info(0).rank != 1:  # torch.flatten(x, 1) refuses a vector; ONNX gives [n, 1]
         return ctx.call(torch.flatten, ctx.input(0), 1)
     return ctx.call(functional.onnx_flatten, ctx.input(0), axis)
 
