@@ -2,7 +2,7 @@
 
 Rows of shape ``[C, H, W]`` are images (``shap.image_plot`` of the first rows, one column per
 output); integer rows of shape ``[T]`` are token ids (the first rows' tokens, each coloured by
-its attribution to the output it moves most); ``[T, F]`` are sequences (mean |attribution|
+its attribution to the output they push up most); ``[T, F]`` are sequences (mean |attribution|
 over rows and features, per time step and output); anything else is tabular (mean
 |attribution| per feature, largest first).
 """
@@ -73,7 +73,7 @@ def _text(attributions: np.ndarray, ids: np.ndarray, vocabulary: list[str] | Non
     scale = np.abs(attributions[:shown]).max() or 1.0
     cmap = colormaps["coolwarm"]
     for line, (row, start) in enumerate(lines):
-        output = int(np.abs(attributions[row].sum(axis=0)).argmax())  # the output this row moves most
+        output = int(attributions[row].sum(axis=0).argmax())  # the output this row's tokens push up most
         y = 1 - (line + 0.5) / len(lines)
         if start == 0:
             axes.text(-0.01, y, f"row {row}, output {output}", ha="right", va="center", fontsize=8)

@@ -37,6 +37,8 @@ from .interface import OutputChoice
 from .passes import PassResult
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
+# The self-check's largest relative additivity error that still counts as float rounding.
+CHECK_THRESHOLD = 1e-3
 
 # Functions linear in every operand that depends on the input, when at most one does.
 _BILINEAR = {operator.mul, torch.mul, torch.matmul, torch.einsum, F.conv1d, F.conv2d, F.conv3d,
@@ -266,6 +268,11 @@ class RewriteReport:
             found.append(f"unsupported ops: {', '.join(self.unsupported)}")
         if self.outputs is not None:
             found.extend(self.outputs.problems())
+        for explainer, value in self.check.items():
+            if not isinstance(value, float):
+                found.append(f"{explainer} failed on the result: {value}")
+            elif not value <= CHECK_THRESHOLD:
+                found.append(f"{explainer}'s attributions do not add up (relative error {value:.3g})")
         inputs = (self.interface or {}).get("inputs")
         if inputs is not None and not any(entry["role"] == "explained" for entry in inputs):
             found.append("no input is attributed: every input is an integer that feeds no embedding lookup "

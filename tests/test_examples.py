@@ -26,6 +26,7 @@ def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     ("old_shap_selu.py", "additive on a SHAP without SELU and GELU rules"),
     ("captum_deeplift.py", "relative convergence delta"),
     ("explain_lstm.py", "the two steps with the most attribution: [5, 20]"),
+    ("explain_text.py", "'superb' has the largest attribution to 'positive' in 4 of 4 positive reviews"),
 ])
 def test_example_runs(script, expected, tmp_path):
     result = run(str(ROOT / "examples" / script), cwd=tmp_path)

@@ -160,3 +160,25 @@ def test_ids_outside_the_vocabulary_and_a_mask_of_the_wrong_shape_are_refused(te
         explain(module, {**rows, "attention_mask": rows["attention_mask"][:, :4]}, reference=PAD, progress=False)
     with pytest.raises(InputError, match="missing \\['attention_mask'\\]"):
         explain(module, {k: v for k, v in rows.items() if k != "attention_mask"}, reference=PAD, progress=False)
+
+
+def test_the_command_explains_token_ids_from_an_npz_and_plots_the_tokens(tmp_path):
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    model = _bert().eval()
+    rows = batch(4, token_types=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        save(rewrite(model, **rows), tmp_path / "text.pt")
+    np.savez(tmp_path / "batch.npz", **{k: v.numpy() for k, v in rows.items()})
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[CLS]"] + [f"w{i}" for i in range(2, VOCAB)]))
+    done = subprocess.run([sys.executable, "-m", "rewriter", "explain", str(tmp_path / "text.pt"), "--inputs",
+                           str(tmp_path / "batch.npz"), "--reference", str(PAD), "--keep-tokens", str(CLS), "--out",
+                           str(tmp_path / "a.npy"), "--plot", str(tmp_path / "a.png"), "--tokens",
+                           str(tmp_path / "vocab.txt")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    values = np.load(tmp_path / "a.npy")
+    assert values.shape == (4, LENGTH, 3) and not values[1, PADDED_FROM:].any()
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
