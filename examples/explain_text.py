@@ -31,8 +31,7 @@ from rewriter import rewrite
 from rewriter.explaining import run_explanation
 from rewriter.plots import plot_attributions
 
-WORDS = ("the food was service staff room view price place menu quite rather very a bit really fairly "
-         "good fine okay nice plain bland slow clean noisy small warm cold").split()
+WORDS = ["the", "food", "was", "service", "staff", "room", "view", "price", "place", "menu", "quite", "rather", "very", "a", "bit", "really", "fairly", "good", "fine", "okay", "nice", "plain", "bland", "slow", "clean", "noisy", "small", "warm", "cold"]
 DECIDING, SPECIALS = "superb", ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
 
 
