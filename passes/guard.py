@@ -37,16 +37,25 @@ def _with_input_sizes(model: onnx.ModelProto, sizes: dict[str, tuple[int, ...]])
     return light
 
 
+# Running a graph holds many of its values at once (measuring shapes holds all of them): their
+# sum may reach this many times the limit on one value.
+TOTAL_FACTOR = 4
+
+
 def refuse_oversized_values(graph: gs.Graph, options: PassOptions) -> PassResult:
     """Raise :class:`~rewriter.errors.InputError` naming the first node whose output would take
     more than ``options.max_tensor_bytes`` at the check inputs' sizes (batch 1 without
-    them). Changes nothing."""
-    sizes = {name: tuple(value.shape) for name, value in options.feeds[0].items()} if options.feeds else {}
+    them), or the largest when all of them together would take more than
+    :data:`TOTAL_FACTOR` times that. Changes nothing."""
+    sizes = {name: tuple(value.shape) for name, value in options.feeds[-1].items()} if options.feeds else {}
     model = export_light(graph).proto
     types = inferred_types(_with_input_sizes(model, sizes))
+    total, largest = 0, (0, None)
     for node in graph.nodes:
         for tensor in node.outputs:
             size = static_bytes(types[tensor.name], 1) if tensor.name in types else None
+            total += size or 0
+            largest = max(largest, (size or 0, node), key=lambda found: found[0])
             if size is not None and size > options.max_tensor_bytes:
                 dims = [d.dim_value for d in types[tensor.name].tensor_type.shape.dim]
                 raise InputError(
@@ -54,4 +63,12 @@ def refuse_oversized_values(graph: gs.Graph, options: PassOptions) -> PassResult
                     f"{options.max_tensor_bytes / 2**30:g} GiB allowed", node=node.name, op_type=node.op,
                     fix="if the model really needs it, raise the limit (max_tensor_bytes=, CLI --max-tensor-mib); "
                         "otherwise the file is malformed or hostile")
+    if total > TOTAL_FACTOR * options.max_tensor_bytes:
+        size, node = largest
+        raise InputError(
+            f"the graph computes {total / 2**30:.1f} GiB of values at the check inputs' sizes, more than "
+            f"{TOTAL_FACTOR} x the {options.max_tensor_bytes / 2**30:g} GiB allowed per value (the largest: "
+            f"{size / 2**20:.0f} MiB)", node=node.name, op_type=node.op,
+            fix="give smaller example inputs, or raise the limit (max_tensor_bytes=, CLI --max-tensor-mib) if the "
+                "model really needs it")
     return PassResult("refuse_oversized_values")

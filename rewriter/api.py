@@ -53,7 +53,10 @@ from .verify import OnnxRunner, Reference, Tolerance, as_list, other_batch, torc
 
 _HALF = (torch.float16, torch.bfloat16)
 _ONNX_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
-_MAX_CHECK_ELEMENTS = 2**27  # 512 MiB of float32 per input
+# Random check inputs are built from declared shapes: past this many elements per input (64 MiB
+# of float32; a batch of two 1024x1024 RGB images is 6M) the declaration is more likely a
+# mistake than a model, and the runs of the graph on it would multiply it many times over.
+_MAX_CHECK_ELEMENTS = 2**24
 ModelSource = nn.Module | onnx.ModelProto | str | os.PathLike | bytes
 Progress = Callable[[str], None]
 

@@ -10,6 +10,7 @@ import onnx.inliner
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
+from .attributes import check_attributes
 from .errors import InputError, describe
 from .files import read_input
 from .naming import assign_unique_names
@@ -89,6 +90,7 @@ def normalize(source: onnx.ModelProto | LightModel, scope: str | None = None) ->
                          fix="repair or re-export the model; `python -m onnx.checker` shows details") from exc
     if light.functions:
         light = onnx.inliner.inline_local_functions(light)
+    check_attributes(light.graph)
     prepared = hold_apart(light, large, held)
     reused = assign_unique_names(prepared.proto.graph, scope)
     return prepared, reused

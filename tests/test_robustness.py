@@ -5,6 +5,7 @@ output file."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -255,3 +256,28 @@ def test_rewriting_a_rewritten_model_changes_nothing():
     assert twice is not once and twice.code == once.code
     assert not report.passes and report.verified
     assert list(twice.state_dict()) == list(once.state_dict())
+
+
+@pytest.mark.parametrize("op,attributes,phrase", [
+    ("MaxPool", {"kernel_shape": [-1, 2]}, "kernel_shape [-1, 2] holds a value below 1"),
+    ("MaxPool", {"kernel_shape": [2, 2], "strides": [0, 1]}, "strides [0, 1] holds a value below 1"),
+    ("AveragePool", {"kernel_shape": [2, 2], "pads": [0, 0, -1, 0]}, "pads [0, 0, -1, 0] holds a value below 0"),
+    ("AveragePool", {"kernel_shape": [2, 2], "pads": [1, 1]}, "has 2 values for a 2-d kernel"),
+    ("MaxPool", {"kernel_shape": [2, 2], "dilations": [1, 0]}, "dilations [1, 0] holds a value below 1"),
+    ("ReduceSum", {"axes": [1, 1]}, "repeats an axis"),
+])
+def test_attributes_against_the_spec_are_refused_naming_the_node(op, attributes, phrase, tmp_path):
+    """onnxruntime refuses these; before, torch failed on them inside the rewritten module
+    ('this is a shaprewrite bug', exit 1)."""
+    opset = 11 if op == "ReduceSum" else 17
+    node = helper.make_node(op, ["x"], ["y"], name="bad_node", **attributes)
+    graph = helper.make_graph([node], "bad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "c", "h", "w"])])
+    path = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), path)
+    with pytest.raises(InputError, match=re.escape(phrase)) as caught:
+        rewrite(path, dims={"n": 2})
+    assert caught.value.node == "bad_node" and caught.value.op_type == op
+    result = subprocess.run([*CLI, str(path), str(tmp_path / "out.pt"), "--dim", "n=2"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 3 and "bad_node" in result.stderr and "Traceback" not in result.stderr
