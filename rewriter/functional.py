@@ -398,6 +398,20 @@ def onnx_window_sum(x: torch.Tensor, kernel: list[int], strides: list[int], pads
     return conv(F.pad(x, pads), ones, None, strides, 0, dilations, channels)
 
 
+def onnx_dilated_avg_pool(x: torch.Tensor, kernel: list[int], strides: list[int], pads: list[int],
+                          overhang: list[int], dilations: list[int], count_include_pad: bool) -> torch.Tensor:
+    """Average pooling over dilated windows: each window's sum (see :func:`onnx_window_sum`)
+    over its count. ``pads`` (F.pad order) are the node's; ``overhang`` (F.pad order) extends
+    the last windows of ``ceil_mode`` past them, counted by no divisor."""
+    full = [p + o for p, o in zip(pads, overhang)]
+    total = onnx_window_sum(x, kernel, strides, full, dilations)
+    ones = torch.ones_like(x[:1, :1])
+    if count_include_pad:  # the node's pads count, the overhang does not
+        return total / onnx_window_sum(F.pad(F.pad(ones, pads, value=1.0), overhang), kernel, strides,
+                                       [0] * len(pads), dilations)
+    return total / onnx_window_sum(ones, kernel, strides, full, dilations)
+
+
 def onnx_hardmax(x: torch.Tensor, axis: int) -> torch.Tensor:
     """ONNX Hardmax: 1 at the first maximum along ``axis``, 0 elsewhere."""
     index = x.argmax(axis, keepdim=True)
@@ -425,3 +439,37 @@ def pack_operands(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     rows = max(a.shape[0], b.shape[0])
     a, b = a.expand(rows, *a.shape[1:]), b.expand(rows, *b.shape[1:])
     return torch.cat([a.reshape(rows, -1), b.reshape(rows, -1)], 1)
+
+
+def _signal(x: torch.Tensor) -> torch.Tensor:
+    """ONNX's signal layout ``[..., 1]`` (real) or ``[..., 2]`` (real, imaginary) as a tensor."""
+    return x[..., 0] if x.shape[-1] == 1 else torch.complex(x[..., 0], x[..., 1])
+
+
+def onnx_dft(x: torch.Tensor, length: int | None, axis: int, inverse: int = 0, onesided: int = 0) -> torch.Tensor:
+    """ONNX DFT along ``axis`` of ``x`` (``[..., n, 1 or 2]``); linear in ``x``. The result is
+    ``[..., m, 2]``, or ``[..., m, 1]`` for the real signal of an inverse one-sided transform."""
+    axis = axis % x.dim()
+    signal = _signal(x)
+    if inverse:
+        if onesided:
+            n = length if length is not None else 2 * (signal.shape[axis] - 1)
+            return torch.fft.irfft(signal, n=n, dim=axis).unsqueeze(-1)
+        out = torch.fft.ifft(signal, n=length, dim=axis)
+    elif onesided and not signal.is_complex():
+        out = torch.fft.rfft(signal, n=length, dim=axis)
+    else:
+        out = torch.fft.fft(signal, n=length, dim=axis)
+        if onesided:
+            out = out.narrow(axis, 0, out.shape[axis] // 2 + 1)
+    return torch.view_as_real(out)
+
+
+def onnx_stft(signal: torch.Tensor, step: int, window: torch.Tensor | None, length: int,
+              onesided: int = 0) -> torch.Tensor:
+    """ONNX STFT of ``signal`` (``[batch, time, 1 or 2]``): frames of ``length`` every ``step``,
+    weighted by ``window``, each transformed; linear in the signal (and in the window)."""
+    frames = signal.unfold(-2, length, step).movedim(-1, -2)  # [batch, frames, length, 1 or 2]
+    if window is not None:
+        frames = frames * window.reshape(-1, 1)
+    return onnx_dft(frames, length, -2, 0, onesided)

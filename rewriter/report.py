@@ -43,7 +43,7 @@ CHECK_THRESHOLD = 1e-3
 # Functions linear in every operand that depends on the input, when at most one does.
 _BILINEAR = {operator.mul, torch.mul, torch.matmul, torch.einsum, F.conv1d, F.conv2d, F.conv3d,
              F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, functional.onnx_div, operator.truediv,
-             F.linear, torch.addmm}
+             F.linear, torch.addmm, functional.onnx_stft}
 # For those that add a term to the product: where the product's factors are.
 _PRODUCT_ARGS = {torch.addmm: slice(1, 3), F.linear: slice(0, 2), **{f: slice(0, 2) for f in (
     F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)}}
@@ -57,7 +57,7 @@ _LINEAR = {
     functional.onnx_split_to_sequence, functional.onnx_tile, functional.onnx_pad, functional.onnx_resize,
     functional.onnx_depth_to_space, functional.onnx_space_to_depth, functional.onnx_trilu, functional.onnx_cumsum,
     functional.onnx_avg_pool_padded, functional.pack_operands, functional.onnx_constant_of_shape,
-    functional.check_input, functional.onnx_window_sum,
+    functional.check_input, functional.onnx_window_sum, functional.onnx_dft, functional.onnx_dilated_avg_pool,
 }
 _LINEAR_METHODS = {"reshape", "permute", "select", "squeeze", "unsqueeze", "view_as", "t", "flatten", "expand",
                    "transpose", "contiguous", "movedim"}

@@ -51,4 +51,4 @@ def layer(cls: type[nn.Module], *args, weights: Mapping[str, torch.Tensor], **kw
 
 
 # Importing the families fills the registry.
-from . import activations, arithmetic, layers, pooling, recurrent, tensors  # noqa: E402,F401
+from . import activations, arithmetic, layers, pooling, recurrent, spectral, tensors  # noqa: E402,F401

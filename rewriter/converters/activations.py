@@ -88,9 +88,9 @@ def prelu(ctx):
 def clip(ctx):
     lo = ctx.attr("min") if ctx.has_attr("min") else ctx.const(1)
     hi = ctx.attr("max") if ctx.has_attr("max") else ctx.const(2)
-    for i, bound in ((1, lo), (2, hi)):
-        ctx.require(bound is not None or ctx.input(i) is None, f"the Clip bound at input {i} must be a constant",
-                    "fold the bound into an initializer")
+    given = [i for i in (1, 2) if i < len(ctx.raw) and ctx.raw[i] is not None and ctx.const(i) is None]
+    if given:
+        return _clip_by_values(ctx, given)
     lo = None if lo is None else float(lo)
     hi = None if hi is None else float(hi)
     if lo is None and hi is None:
@@ -102,6 +102,22 @@ def clip(ctx):
     if lo is not None and hi is not None:
         return leaf(ctx, nn.Hardtanh(lo, hi))
     return leaf(ctx, modules.Clip(lo, hi))
+
+
+def _clip_by_values(ctx, given: list[int]):
+    """Bounds computed at run time: ``min(max(x, lo), hi)`` (ONNX's order: ``hi`` wins when
+    ``lo > hi``) as ReLU trees, ``u = lo + relu(x - lo)``, ``u - relu(u - hi)``, exact under
+    the rescale rule whatever varies."""
+    x = ctx.input(0)
+    if is_integer(ctx):
+        bounds = [ctx.input(i) if i < len(ctx.raw) else None for i in (1, 2)]
+        return ctx.call(torch.clamp, x, *bounds)
+    lo, hi = (ctx.input(i) if i < len(ctx.raw) and ctx.raw[i] is not None else None for i in (1, 2))
+    if lo is not None:
+        x = ctx.call(operator.add, lo, ctx.module(nn.ReLU(), ctx.call(operator.sub, x, lo), suffix="_above_min"))
+    if hi is not None:
+        x = ctx.call(operator.sub, x, ctx.module(nn.ReLU(), ctx.call(operator.sub, x, hi), suffix="_above_max"))
+    return x
 
 
 def _softmax_axis(ctx) -> int:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import operator
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -67,15 +64,30 @@ def average_pool(ctx):
     include_pad = bool(ctx.attr("count_include_pad", 0))
     ceil_mode = bool(ctx.attr("ceil_mode", 0))
     if any(d != 1 for d in dilations):
-        total, pads = _window_sum(ctx, ctx.input(0), kernel, strides, dilations, padding, extra)
-        if include_pad:
-            return ctx.call(operator.truediv, total, float(math.prod(kernel)))
-        count = ctx.call(functional.onnx_window_sum, ctx.call(torch.ones_like, ctx.input(0)), kernel, strides, pads,
-                         dilations)
-        return ctx.call(operator.truediv, total, count)
+        pads = extra if extra is not None else [p for p in reversed(padding) for _ in range(2)]
+        overhang = _ceil_overhang(ctx, kernel, strides, dilations, pads) if ceil_mode else [0] * len(pads)
+        return ctx.call(functional.onnx_dilated_avg_pool, ctx.input(0), kernel, strides, pads, overhang, dilations,
+                        include_pad)
     if extra is None:
         return ctx.call(_AVG_POOL[n], ctx.input(0), kernel, strides, padding, ceil_mode, include_pad)
     return ctx.call(functional.onnx_avg_pool_padded, ctx.input(0), kernel, strides, extra, ceil_mode, include_pad)
+
+
+def _ceil_overhang(ctx, kernel, strides, dilations, pads) -> list[int]:
+    """How far past the end padding ``ceil_mode``'s last windows reach (F.pad order): one more
+    window where the floor leaves a remainder, unless it would start in the end padding."""
+    sizes = (ctx.info(0).shape or ())[2:]
+    ctx.require(len(sizes) == len(kernel) and all(isinstance(d, int) for d in sizes),
+                "ceil_mode pooling over dilated windows needs the input's spatial size")
+    overhang = [0] * len(pads)
+    for axis, (size, k, s, d) in enumerate(zip(sizes, kernel, strides, dilations)):
+        begin, end = pads[2 * (len(kernel) - 1 - axis)], pads[2 * (len(kernel) - 1 - axis) + 1]
+        span, reach = size + begin + end, d * (k - 1) + 1
+        windows = -(-(span - reach) // s) + 1
+        if (windows - 1) * s >= size + begin:
+            windows -= 1
+        overhang[2 * (len(kernel) - 1 - axis) + 1] = max(0, (windows - 1) * s + reach - span)
+    return overhang
 
 
 @converter("LpPool")
