@@ -238,14 +238,28 @@ def toposorted(graph: gs.Graph) -> gs.Graph:
 
 # Ops whose output carries no information about their data input's values.
 _VALUE_FREE = {"Shape", "Size", "ConstantOfShape", "EyeLike", "RandomNormalLike", "RandomUniformLike"}
+# Ops whose output depends on their input's values but carries no gradient back to it: truth
+# values, positions, integers. What flows from them is decided by the input, not explained.
+GRADIENT_FREE_OPS = {"Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Not", "And", "Or", "Xor",
+                     "IsNaN", "IsInf", "ArgMax", "ArgMin", "NonZero", "BitShift", "BitwiseAnd", "BitwiseOr",
+                     "BitwiseXor", "BitwiseNot"}
+_FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+def cuts_gradient(op: str, attrs: dict, output_index: int = 0) -> bool:
+    """Whether output ``output_index`` of an ``op`` node carries no gradient back to its inputs:
+    the gradient-free ops, a cast to a non-float type, the indices of ``TopK``."""
+    if op in GRADIENT_FREE_OPS or (op == "TopK" and output_index == 1):
+        return True
+    return op == "Cast" and attrs.get("to") not in _FLOAT_TYPES
 
 
 def varying_tensors(graph: gs.Graph) -> set[str]:
     """Names of tensors whose values depend on the explained graph inputs (not only on their
-    shapes): what the float inputs reach through the nodes' data inputs (no toposort, which
-    cost a third of a second per call on BERT-base). Integer inputs (a mask, ids read
-    directly) are context, shared by a row and its references: what only they decide is
-    fixed for the explainers."""
+    shapes) and carry their gradient: what the float inputs reach through the nodes' data
+    inputs, short of the gradient-free ops (no toposort, which cost a third of a second per
+    call on BERT-base). Integer inputs (a mask, ids read directly) are context, shared by a
+    row and its references: what only they decide is fixed for the explainers."""
     explained = [t for t in graph.inputs if is_float(t)]
     varying = {t.name for t in explained}
     pending = list(explained)
@@ -255,7 +269,9 @@ def varying_tensors(graph: gs.Graph) -> set[str]:
             # CastLike reads only the type of its second input.
             if node.op in _VALUE_FREE or (node.op == "CastLike" and node.inputs[0] is not tensor):
                 continue
-            for out in node.outputs:
+            for index, out in enumerate(node.outputs):
+                if cuts_gradient(node.op, node.attrs, index):
+                    continue  # decided by the inputs, explained by nothing: no rule goes on it
                 if out.name not in varying:
                     varying.add(out.name)
                     pending.append(out)

@@ -10,7 +10,10 @@ What is registered, and only where the installed explainer has no entry of its o
 
 * the rescale rule (SHAP's own ``nonlinear_1d``, Captum's own ``nonlinear``) for every
   one-input elementwise module class (:func:`rescale_modules`): for such modules the
-  rescale rule ``m = Δy/Δx`` is exact;
+  rescale rule ``m = Δy/Δx`` is exact. Where an input equals its reference both fall back
+  to the derivative, which is infinite at the edge of some functions' domains (``sqrt``
+  and ``x ** 0.5`` at 0, ``log`` and ``1/x`` near 0) and makes every attribution NaN;
+  there the multiplier is 0, which changes nothing else: it multiplies a difference of 0;
 * the modules' own exact rules for every :class:`rewriter.modules.ExactRule` subclass
   (:func:`exact_rule_modules`): the Shapley rule for products of two input-dependent
   tensors, normalisation, softmax, overlapping max pooling; see their
@@ -58,6 +61,31 @@ def exact_rule_modules() -> tuple[type, ...]:
     return tuple(modules.exact_rule_classes())
 
 
+def _finite_where_unchanged(multipliers, x, threshold: float):
+    """``multipliers`` with 0 where the input barely changed (``|Δx| < threshold``, the
+    explainers' own cut for falling back to the derivative) and the derivative is not finite."""
+    import torch
+
+    half = x.shape[0] // 2
+    delta = (x[:half] - x[half:]).abs()
+    unchanged = torch.cat([delta, delta]) < threshold
+    return torch.where(unchanged & ~torch.isfinite(multipliers), torch.zeros_like(multipliers), multipliers)
+
+
+def _shap_rescale(native: Callable) -> Callable:
+    def nonlinear_1d(module, grad_input, grad_output):  # SHAP saves module.x only under this name
+        grads = native(module, grad_input, grad_output)
+        return (_finite_where_unchanged(grads[0], module.x, 1e-6), *grads[1:])
+    return nonlinear_1d
+
+
+def _captum_rescale(native: Callable) -> Callable:
+    def nonlinear(module, inputs, outputs, grad_input, grad_output, eps: float = 1e-10):
+        found = native(module, inputs, outputs, grad_input, grad_output, eps)
+        return _finite_where_unchanged(found, inputs, eps)
+    return nonlinear
+
+
 def _shap_exact_rule(module, grad_input, grad_output):
     """SHAP handler: SHAP has saved the module's input as ``module.x``."""
     return (module.deeplift_multipliers(module.x, grad_output[0]), *grad_input[1:])
@@ -92,14 +120,16 @@ def _add(explainer: str, table: dict, rules: dict, name_of: Callable[[object], s
 
 def register_shap(deep_pytorch: ModuleType) -> list[str]:
     """Add the missing entries to SHAP's handler table; the class names added."""
-    rules = {cls.__name__: deep_pytorch.nonlinear_1d for cls in rescale_modules()}
+    rescale = _shap_rescale(deep_pytorch.nonlinear_1d)
+    rules = {cls.__name__: rescale for cls in rescale_modules()}
     rules.update({cls.__name__: _shap_exact_rule for cls in exact_rule_modules()})
     return _add("shap", deep_pytorch.op_handler, rules, str)
 
 
 def register_captum(deep_lift: ModuleType) -> list[str]:
     """Add the missing entries to Captum's rule table; the class names added."""
-    rules: dict = {cls: deep_lift.nonlinear for cls in rescale_modules()}
+    rescale = _captum_rescale(deep_lift.nonlinear)
+    rules: dict = {cls: rescale for cls in rescale_modules()}
     rules.update({cls: _captum_exact_rule for cls in exact_rule_modules()})
     return _add("captum", deep_lift.SUPPORTED_NON_LINEAR, rules, lambda cls: cls.__name__)
 

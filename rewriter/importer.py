@@ -23,10 +23,10 @@ from . import functional
 from .converters import CONVERTERS, STANDARD_DOMAINS, op_key
 from .dims import Dims, items_of
 from .errors import ConversionError, UnsupportedOpError
-from .modules import is_linear_layer, keeps_meaning_when_batch_moves
+from .modules import GradientFree, is_linear_layer, keeps_meaning_when_batch_moves
 from .naming import fresh_name, sanitize
 from .onnx_values import ONNX_TO_TORCH_DTYPE, attribute_value, tensor_from_proto
-from .passes.graph import leading_batch
+from .passes.graph import cuts_gradient, leading_batch
 from .passes.weights import light_copy
 from .result import ExplainableModule
 
@@ -79,6 +79,9 @@ class NodeContext:
         self.key = op_key(node.domain, node.op_type)  # what the converter was registered as
         self.raw: list[Value] = [importer.value(n) if n else None for n in node.input]
         self._attrs = {a.name: a for a in node.attribute}
+        # Every run-time input carries no gradient (decided by a comparison of the inputs, or
+        # context): a module here would be hooked by explainers on a tensor without one.
+        self.gradient_free = all(v in importer.gradient_free for v in self.raw if isinstance(v, fx.Node))
 
     # -- reading the node -------------------------------------------------------------
 
@@ -183,6 +186,8 @@ class NodeContext:
         if not any(isinstance(a, fx.Node) for a in args):
             with torch.no_grad():
                 return module(*args)
+        if self.gradient_free and not any(True for _ in module.parameters()):
+            module = GradientFree(module)
         name = self._importer.add_module(self.name + suffix, module)
         first = args[0]
         axis = first.meta.get("batch_axis") if isinstance(first, fx.Node) else None
@@ -227,6 +232,7 @@ class Importer:
         self._materialized: dict[int, fx.Node] = {}
         self._param_ids: set[int] = set()
         self._dims_tensors: dict[int, fx.Node] = {}
+        self.gradient_free: set[fx.Node] = set()  # run-time values that carry no gradient (see NodeContext)
         self.current_node: str | None = None  # names the fx nodes emitted for it
         self.current_source: tuple[str, str] | None = None  # its ONNX name and op type
 
@@ -336,10 +342,12 @@ class Importer:
     def _placeholder(self, name: str) -> fx.Node:
         """A graph input, checked against the shape the model was rewritten for."""
         value = self.graph.placeholder(self._unique_attr(sanitize(name)))
-        value.meta["dtype"] = self.infos[name].dtype
+        dtype = value.meta["dtype"] = self.infos[name].dtype
         shape = self.infos[name].shape
         if shape and any(isinstance(d, int) for d in shape):
             value = self.emit("call_function", functional.check_input, (value, list(shape), name), {})
+        if dtype is not None and not dtype.is_floating_point:
+            self.gradient_free.add(value)  # context
         return value
 
     def batch_axis(self, info: TensorInfo) -> int | None:
@@ -408,11 +416,13 @@ class Importer:
         outputs = [o for o in node.output]
         if not isinstance(result, tuple):
             result = (result,)
-        for name, value in zip(outputs, result):
+        for index, (name, value) in enumerate(zip(outputs, result)):
             if name:
                 self.set_value(name, value)
                 if isinstance(value, fx.Node):
                     self._describe(value, self.infos.get(name, _UNKNOWN))
+                    if ctx.gradient_free or cuts_gradient(node.op_type, {"to": ctx.attr("to")}, index):
+                        self.gradient_free.add(value)
         for name in outputs[len(result):]:
             if name:
                 raise ConversionError(f"output '{name}' of the node is not supported",

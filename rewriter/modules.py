@@ -163,6 +163,23 @@ def exact_rule_classes() -> list[type[ExactRule]]:
     return _subclasses(ExactRule)
 
 
+class GradientFree(nn.Module):
+    """A nonlinear op on a value that carries no gradient (computed through a comparison of
+    the inputs, or from context only), computed as it is. The op is held outside the module
+    tree, so explainers, which hook modules by class, never hook a tensor without a
+    gradient (Captum refuses to); the report names what such values change."""
+
+    def __init__(self, op: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "op", op)  # not a child: no explainer finds it
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        return self.op(*args)
+
+    def extra_repr(self) -> str:
+        return repr(self.op)
+
+
 class ExactRule(nn.Module):
     """A module with a DeepLIFT rule of its own, registered with the explainers.
 
@@ -265,6 +282,7 @@ class Standardize(ExactRule):
         mean_v = _pair_mean(variance)
         # Rescale multiplier of (v + eps)^-1/2; its derivative where v barely changes.
         m_r = torch.where(delta_v.abs() < 1e-6, -0.5 * (mean_v + self.eps) ** -1.5, delta_r / delta_v)
+        m_r = torch.nan_to_num(m_r, nan=0.0, posinf=0.0, neginf=0.0)  # eps 0 and a constant row: nothing changed
         c_bar, r_bar = _pair_mean(centered), _pair_mean(inverse_std)
         grad_r = (grad_output * c_bar).sum(-1, keepdim=True)
         # Square's rescale multiplier is c + c' = 2 * c_bar; the variance is a mean.

@@ -90,6 +90,8 @@ def _module_treatment(module: nn.Module, explainer: str, handled: set[str], ours
     cls = type(module)
     if modules.is_linear_layer(module):
         return "linear", None
+    if isinstance(module, modules.GradientFree):
+        return "no-gradient", None
     if isinstance(module, modules.ExactRule):
         kind = module.report_kind
         return (kind, None) if cls.__name__ in handled else ("approximate", f"{explainer} has no {kind} rule")
@@ -110,28 +112,45 @@ def _module_treatment(module: nn.Module, explainer: str, handled: set[str], ours
     return "approximate", f"{explainer} has no exact rule for {cls.__name__}"
 
 
-def _varying(graph: fx.Graph) -> set[fx.Node]:
-    """fx nodes whose values depend on the model's explained (float) inputs. Integer inputs
-    are context: a row and its references share them (see ``ExplainableModule``), so what
-    only they decide is fixed for the explainers."""
-    varying: set[fx.Node] = set()
-    for node in graph.nodes:
+def _flows(module: fx.GraphModule) -> tuple[set[fx.Node], set[fx.Node]]:
+    """fx nodes whose values depend on the model's explained (float) inputs, in two kinds:
+    those that carry the inputs' gradient, and those *decided* by the inputs without one
+    (truth values, positions, integers, and what only they feed). Integer inputs are
+    context: a row and its references share them (see ``ExplainableModule``), so what only
+    they decide is fixed for the explainers and in neither set."""
+    carries: set[fx.Node] = set()
+    decided: set[fx.Node] = set()
+    for node in module.graph.nodes:
         if node.op == "placeholder":
             if _is_float_node(node):
-                varying.add(node)
-        elif node.op in ("call_function", "call_method", "call_module"):
-            if (node.op == "call_function" and node.target in _VALUE_FREE_FUNCTIONS) or \
-                    (node.op == "call_method" and node.target in _VALUE_FREE_METHODS):
-                continue
-            if any(a in varying for a in node.all_input_nodes):
-                varying.add(node)
-    return varying
+                carries.add(node)
+            continue
+        if node.op not in ("call_function", "call_method", "call_module"):
+            continue
+        if (node.op == "call_function" and node.target in _VALUE_FREE_FUNCTIONS) or \
+                (node.op == "call_method" and node.target in _VALUE_FREE_METHODS):
+            continue
+        inputs = node.all_input_nodes
+        if not any(a in carries or a in decided for a in inputs):
+            continue
+        free = node.op == "call_module" and isinstance(module.get_submodule(node.target), modules.GradientFree)
+        if free or not _is_float_node(node) or node.target in _PREDICATES or not any(a in carries for a in inputs):
+            decided.add(node)
+        else:
+            carries.add(node)
+    return carries, decided
 
 
-def _call_treatment(node: fx.Node, varying: set[fx.Node]) -> tuple[str, str | None]:
+_UNATTRIBUTED = ("combines a value decided by a comparison of the inputs (or their arg max, or a cast to "
+                 "integers), which carries no gradient: its change goes unattributed")
+
+
+def _call_treatment(node: fx.Node, varying: set[fx.Node], decided: set[fx.Node] = frozenset()) -> tuple[str, str | None]:
     target = node.target
     if node not in varying or not _is_float_node(node) or target in _PREDICATES:
         return "no-gradient", None
+    if target is not torch.where and any(a in decided for a in node.all_input_nodes):
+        return "approximate", _UNATTRIBUTED
     operands = [a for a in node.all_input_nodes if a in varying]
     if node.op == "call_method":
         if target in _LINEAR_METHODS or (target == "to" and _is_float_node(node)):
@@ -139,7 +158,7 @@ def _call_treatment(node: fx.Node, varying: set[fx.Node]) -> tuple[str, str | No
         return "approximate", f"method {target}"
     if target is torch.where:
         # A fixed mask (a causal mask, padding known at export) selects linearly.
-        if node.args[0] not in varying or _is_nan_guard(node):
+        if (node.args[0] not in varying and node.args[0] not in decided) or _is_nan_guard(node):
             return "linear", None
         return "approximate", "selection by an input-dependent mask"
     if target is F.grid_sample:  # linear in the data when the sampling grid is fixed
@@ -171,7 +190,7 @@ def _is_nan_guard(node: fx.Node) -> bool:
 def classify(module: fx.GraphModule) -> list[dict]:
     """One entry per call in ``module``'s graph: its kind per installed explainer."""
     tables = _explainer_tables()
-    varying = _varying(module.graph)
+    varying, decided = _flows(module)
     entries = []
     for node in module.graph.nodes:
         if node.op not in ("call_module", "call_function", "call_method"):
@@ -190,7 +209,7 @@ def classify(module: fx.GraphModule) -> list[dict]:
         else:
             target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
             entry["function"] = target
-            kind, reason = _call_treatment(node, varying)
+            kind, reason = _call_treatment(node, varying, decided)
             for explainer in tables:
                 entry[explainer] = kind if reason is None else {"kind": kind, "reason": reason}
         entries.append(entry)

@@ -140,9 +140,9 @@ def test_registration_is_automatic_on_import_of_rewriter():
         "import shap.explainers._deep.deep_pytorch as d\n"
         "del d.op_handler['GELU']\n"
         "import rewriter\n"
-        "assert d.op_handler['GELU'] is d.nonlinear_1d\n"
+        "assert d.op_handler['GELU'].__name__ == 'nonlinear_1d'  # shap's rule, finite where nothing changed\n"
         "import captum.attr._core.deep_lift as c, torch\n"
-        "assert c.SUPPORTED_NON_LINEAR[torch.nn.GELU] is c.nonlinear\n"
+        "assert c.SUPPORTED_NON_LINEAR[torch.nn.GELU].__name__ == 'nonlinear'\n"
         "print('ok')\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
