@@ -1,16 +1,20 @@
 # Everything runs in local virtualenvs. The main one (.venv) gets torch first, pinned to the
 # CPU build that lies on this machine's disk: an unpinned install pulls a multi-GB CUDA build.
-# The second one (.venv-newest) gets the newest torch release, which changes what the
-# exporters emit; the architecture and exactness tests run on it too.
+# The second one gets the newest torch release, which changes what the exporters emit; the
+# architecture, exactness, interface and library-model tests run on it too. It lives outside
+# the clone (a cache: a few GB that a new clone need not download again), and installs with
+# no pip constraints file: this machine's global pip configuration caps torch at the
+# releases it holds on disk, which is what the main venv wants and this one must not get.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 TORCH := torch==2.13.0
-NEWEST_VENV ?= .venv-newest
+NEWEST_VENV ?= $(HOME)/.cache/shaprewrite/venv-newest
 NEWEST_STAMP := $(NEWEST_VENV)/.installed-stamp
 NEWEST_TESTS := tests/test_architectures.py tests/test_exactness.py tests/test_families.py tests/test_recurrent.py \
-	tests/test_batch_axis.py
+	tests/test_batch_axis.py tests/test_interface.py tests/test_text_models.py tests/test_spectral.py \
+	tests/test_rule_edges.py tests/test_libraries.py
 PYTEST := -m pytest -q -n 2 --dist loadfile
 
 .PHONY: install test test-newest demo lint bench clean
@@ -26,15 +30,16 @@ $(STAMP): pyproject.toml
 
 $(NEWEST_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(NEWEST_VENV)
-	$(NEWEST_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(NEWEST_VENV)/bin/python -m pip install --quiet --upgrade torch
-	$(NEWEST_VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	PIP_CONSTRAINT=/dev/null $(NEWEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	PIP_CONSTRAINT=/dev/null $(NEWEST_VENV)/bin/python -m pip install --quiet --upgrade torch
+	PIP_CONSTRAINT=/dev/null $(NEWEST_VENV)/bin/python -m pip install --quiet -e '.[dev]'
 	touch $(NEWEST_STAMP)
 
 test: install
 	$(BIN)/python $(PYTEST)
 
 test-newest: $(NEWEST_STAMP)
+	@$(NEWEST_VENV)/bin/python -c "import torch; print('newest-torch leg: torch', torch.__version__)"
 	$(NEWEST_VENV)/bin/python $(PYTEST) $(NEWEST_TESTS)
 
 demo: install
@@ -44,7 +49,7 @@ lint: install
 	$(BIN)/ruff check rewriter passes tests examples benchmarks
 
 clean:
-	rm -rf $(VENV) $(NEWEST_VENV) out .pytest_cache
+	rm -rf $(VENV) out .pytest_cache
 
 bench: install
 	$(BIN)/python benchmarks/exactness.py

@@ -59,17 +59,16 @@ def _unwrap(inputs: Sequence[torch.Tensor]):
     return list(inputs) if len(inputs) > 1 else inputs[0]
 
 
-def additivity_errors(attributions: Sequence[np.ndarray], outputs: np.ndarray, reference_outputs: np.ndarray,
-                      reference: np.ndarray | None = None) -> np.ndarray:
+def additivity_errors(attributions: Sequence[np.ndarray], outputs: np.ndarray,
+                      reference_outputs: np.ndarray) -> np.ndarray:
     """Each row's relative additivity error (see the module notes). ``attributions``: one
     array per input, ``[rows, ..., k]``; ``outputs``: ``[rows, k]``; ``reference_outputs``:
-    the references' ``[n, k]``, whose mean is the reference unless ``reference`` is given
-    (``[rows, k]``, one per row)."""
-    mean = reference_outputs.mean(0)
-    delta = outputs.astype(np.float64) - (mean if reference is None else reference)
+    each row's references' outputs, ``[rows, n, k]`` (their mean is the row's reference)."""
+    mean = reference_outputs.mean(1)
+    delta = outputs.astype(np.float64) - mean
     totals = sum(a.reshape(a.shape[0], -1, a.shape[-1]).sum(axis=1, dtype=np.float64) for a in attributions)
-    spread = max(1e-3 * float(np.abs(reference_outputs - mean).max(initial=0.0)), 1e-12)
-    floor = np.maximum(1e-2 * np.abs(outputs).max(axis=1), spread)
+    spread = np.abs(reference_outputs - mean[:, None]).reshape(len(outputs), -1).max(axis=1, initial=0.0)
+    floor = np.maximum(np.maximum(1e-2 * np.abs(outputs).max(axis=1), 1e-3 * spread), 1e-12)
     errors = np.abs(totals - delta).max(axis=1) / np.maximum(np.abs(delta).max(axis=1), floor)
     return np.where(np.isfinite(errors), errors, np.inf)
 
@@ -85,7 +84,8 @@ def shap_additivity_error(model: nn.Module, background: Sequence[torch.Tensor], 
     per_input = [np.asarray(v) for v in (values if len(inputs) > 1 else [values])]
     with torch.no_grad():
         outputs, references = model(*inputs).numpy(), model(*background).numpy()
-    return float(additivity_errors(per_input, outputs, references).max())
+    shared = np.broadcast_to(references, (len(outputs), *references.shape))
+    return float(additivity_errors(per_input, outputs, shared).max())
 
 
 def captum_additivity_error(model: nn.Module, baselines: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]) -> float:
@@ -101,7 +101,7 @@ def captum_additivity_error(model: nn.Module, baselines: Sequence[torch.Tensor],
         explainer = DeepLift(model)
         per_target = [explainer.attribute(inputs, baselines=baselines, target=k) for k in range(outputs.shape[1])]
     values = [np.stack([t[i].detach().numpy() for t in per_target], axis=-1) for i in range(len(inputs))]
-    return float(additivity_errors(values, outputs, references, reference=references).max())
+    return float(additivity_errors(values, outputs, references[:, None]).max())
 
 
 def self_check(model: nn.Module, background: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]) -> dict:

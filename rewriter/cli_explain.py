@@ -76,7 +76,13 @@ def build_explain_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokens", metavar="VOCAB",
                         help="a vocabulary file (one token per line, the line number is the id) to label the plot")
     parser.add_argument("--out", required=True, metavar="ATTR", help="where to write the attributions")
-    parser.add_argument("--explainer", choices=EXPLAINERS, default="shap", help="default shap (DeepExplainer)")
+    parser.add_argument("--explainer", choices=EXPLAINERS, default="exact",
+                        help="exact (default: every row, reference and output at once, shap's numbers), shap "
+                             "(DeepExplainer) or captum (DeepLiftShap)")
+    parser.add_argument("--outputs", type=_tokens, metavar="K,K", help="explain only these outputs")
+    parser.add_argument("--top-k", type=_positive, metavar="K", help="explain each row's K largest outputs")
+    parser.add_argument("--memory-budget-mib", type=_positive, default=2048, metavar="MIB",
+                        help="activations the exact engine holds at once (default 2048)")
     parser.add_argument("--batch-size", type=_positive, default=64, metavar="N", help="rows per batch (default 64)")
     parser.add_argument("--engine", choices=ENGINES, default="local", help="default local")
     parser.add_argument("--address", help="the Ray cluster to use (default: start a local one)")
@@ -138,13 +144,20 @@ def run_explain(args: argparse.Namespace) -> int:
     result = run_explanation(args.model, _as_given(inputs, args.inputs),
                              None if background is None else _as_given(background, args.background),
                              reference=args.reference, keep_tokens=args.keep_tokens,
-                             explainer=args.explainer, batch_size=args.batch_size, engine=args.engine,
+                             explainer=args.explainer, outputs=args.outputs, top_k=args.top_k,
+                             memory_budget=args.memory_budget_mib * 2**20, batch_size=args.batch_size, engine=args.engine,
                              device=args.device, progress=show and sys.stderr.isatty(), threshold=args.threshold,
                              address=args.address, workers=args.workers, output=args.output)
     if len(result.attributions) > 1 and out.suffix != ".npz":
         raise OutputError(f"the model has {len(result.attributions)} explained inputs ({', '.join(result.names)}), "
                           f"so the attributions are {len(result.attributions)} arrays", fix="name the output .npz")
-    _write_attributions(out, result.names, result.attributions, args.force)
+    names, values = result.names, result.attributions
+    if args.outputs is not None or args.top_k is not None:  # which output each last axis entry is
+        names, values = [*names, "outputs"], [*values, result.outputs]
+        if out.suffix != ".npz":
+            raise OutputError("with --outputs or --top-k the attributions come with the outputs they explain",
+                              fix="name the output .npz")
+    _write_attributions(out, names, values, args.force)
     if args.plot:
         from .plots import plot_attributions
 

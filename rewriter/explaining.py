@@ -27,14 +27,15 @@ from torch import nn
 
 from .check import OutputView, additivity_errors, drop_shap_leftovers
 from .concurrency import GATE
+from .engine import DEFAULT_MEMORY_BUDGET, ExactEngine, ranked
 from .errors import AdditivityError, EngineError, InputError, describe
 from .result import ExplainableModule
 
 Array = np.ndarray | torch.Tensor
 Inputs = Array | Sequence[Array] | Mapping[str, Array]
-Explainer = Literal["shap", "captum"]
+Explainer = Literal["exact", "shap", "captum"]
 Engine = Literal["local", "ray"]
-EXPLAINERS = ("shap", "captum")
+EXPLAINERS = ("exact", "shap", "captum")
 ENGINES = ("local", "ray")
 
 
@@ -48,6 +49,7 @@ class Explanation:
     rows: int
     names: list[str] = field(default_factory=list)  # the source input each array attributes to
     notes: list[str] = field(default_factory=list)  # conversions made on the way, in words
+    outputs: np.ndarray | None = None  # [rows, k]: the outputs each row's last axis explains
 
     @property
     def rows_per_second(self) -> float:
@@ -55,10 +57,11 @@ class Explanation:
 
 
 def explain(model: ExplainableModule | str | os.PathLike, inputs: Inputs, background: Inputs | None = None, *,
-            reference: int | None = None, keep_tokens: Sequence[int] = (), explainer: Explainer = "shap",
-            batch_size: int = 64, engine: Engine = "local", device: str = "cpu", progress: bool = True,
-            threshold: float = 1e-4, address: str | None = None, workers: int | None = None,
-            output: int | None = None) -> np.ndarray | list[np.ndarray]:
+            reference: int | None = None, keep_tokens: Sequence[int] = (), explainer: Explainer = "exact",
+            outputs: Sequence[int] | None = None, top_k: int | None = None, batch_size: int = 64,
+            engine: Engine = "local", device: str = "cpu", progress: bool = True, threshold: float = 1e-4,
+            address: str | None = None, workers: int | None = None, output: int | None = None,
+            memory_budget: int = DEFAULT_MEMORY_BUDGET) -> np.ndarray | list[np.ndarray]:
     """Attributions of every row of ``inputs`` against references, checked to add up.
 
     ``model`` is a rewritten module or the path of an artifact ``rewriter.save`` (or the
@@ -78,25 +81,31 @@ def explain(model: ExplainableModule | str | os.PathLike, inputs: Inputs, backgr
     ``f(x) - mean f(references)``; a row whose relative additivity error exceeds
     ``threshold`` raises :class:`AdditivityError` naming the rows.
 
-    ``explainer``: ``"shap"`` (``shap.DeepExplainer``) or ``"captum"`` (``DeepLiftShap``).
-    ``engine``: ``"local"``, or ``"ray"`` to spread the batches over the Ray cluster at
-    ``address`` (a local one when ``None``; ``workers`` defaults to its CPU count).
-    ``output`` picks one output of a module that returns several.
+    ``explainer``: ``"exact"`` (the default: the project's own engine, every row, reference
+    and output in one forward and one backward pass, shap's numbers; see
+    :mod:`rewriter.engine`), ``"shap"`` (``shap.DeepExplainer``) or ``"captum"``
+    (``DeepLiftShap``). ``outputs`` (indices) or ``top_k`` (each row's largest outputs,
+    like shap's ``ranked_outputs``) narrow the outputs explained; :func:`run_explanation`
+    says which per row. ``memory_budget`` (bytes, default 2 GiB) bounds the activations the
+    exact engine holds at once. ``engine``: ``"local"``, or ``"ray"`` to spread the batches
+    over the Ray cluster at ``address`` (a local one when ``None``; ``workers`` defaults to
+    its CPU count). ``output`` picks one output of a module that returns several.
     """
     result = run_explanation(model, inputs, background, reference=reference, keep_tokens=keep_tokens,
-                             explainer=explainer, batch_size=batch_size, engine=engine, device=device,
-                             progress=progress, threshold=threshold, address=address, workers=workers, output=output)
+                             explainer=explainer, outputs=outputs, top_k=top_k, batch_size=batch_size,
+                             engine=engine, device=device, progress=progress, threshold=threshold, address=address,
+                             workers=workers, output=output, memory_budget=memory_budget)
     return result.attributions if len(result.attributions) > 1 else result.attributions[0]
 
 
 def run_explanation(model: ExplainableModule | str | os.PathLike, inputs: Inputs, background: Inputs | None = None,
                     *, reference: int | None = None, keep_tokens: Sequence[int] = (),
-                    explainer: Explainer = "shap", batch_size: int = 64, engine: Engine = "local",
-                    device: str = "cpu", progress: bool = True, threshold: float | None = 1e-4,
-                    address: str | None = None, workers: int | None = None,
-                    output: int | None = None) -> Explanation:
-    """:func:`explain`, returning the attributions with the worst error, the time taken and
-    the notes."""
+                    explainer: Explainer = "exact", outputs: Sequence[int] | None = None, top_k: int | None = None,
+                    batch_size: int = 64, engine: Engine = "local", device: str = "cpu", progress: bool = True,
+                    threshold: float | None = 1e-4, address: str | None = None, workers: int | None = None,
+                    output: int | None = None, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> Explanation:
+    """:func:`explain`, returning the attributions with the worst error, the outputs explained
+    per row, the time taken and the notes."""
     from .artifact import load
 
     _check_options(explainer, engine, batch_size, threshold, background, reference)
@@ -118,7 +127,10 @@ def run_explanation(model: ExplainableModule | str | os.PathLike, inputs: Inputs
         else:
             shared, per_row = None, plan.module_inputs(plan.token_references(rows, reference, keep_tokens))[0]
     _check_model_runs(model, xs, context, shared if shared is not None else per_row, output, device)
-    settings = {"explainer": explainer, "device": device, "output": output}
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise InputError(f"top_k must be a whole number of 1 or more, not {top_k!r}", fix="pass e.g. top_k=3")
+    settings = {"explainer": explainer, "device": device, "output": output, "outputs": outputs, "top_k": top_k,
+                "memory_budget": memory_budget}
     starts = range(0, len(xs[0]), batch_size)
     batches = [_Batch(tuple(x[s:s + batch_size] for x in xs), tuple(c[s:s + batch_size] for c in context),
                       None if per_row is None else tuple(r[s:s + batch_size] for r in per_row)) for s in starts]
@@ -128,17 +140,19 @@ def run_explanation(model: ExplainableModule | str | os.PathLike, inputs: Inputs
         results = (worker(batch) for batch in batches)
     else:
         results = _on_ray(model, shared, settings, batches, address, workers)
-    values, errors = [], []
+    values, errors, explained = [], [], []
     with _progress(len(xs[0]), progress) as bar, contextlib.closing(results):
-        for start, (batch_values, batch_errors) in zip(starts, results):
+        for start, (batch_values, batch_errors, batch_outputs) in zip(starts, results):
             if threshold is not None:  # None: measure only (the self-check)
                 _check_additivity(batch_errors, start, threshold)
             values.append(batch_values)
             errors.append(batch_errors)
+            explained.append(batch_outputs)
             bar.update(len(batch_errors))
     attributions = [plan.per_source(i, np.concatenate([v[i] for v in values])) for i in range(len(xs))]
+    notes.extend(plan.approximate_note(explainer))
     return Explanation(attributions, float(np.concatenate(errors).max()), time.perf_counter() - started, len(xs[0]),
-                       plan.explained_names(), notes)
+                       plan.explained_names(), notes, np.concatenate(explained))
 
 
 def _check_options(explainer: str, engine: str, batch_size: int, threshold: float, background, reference) -> None:
@@ -274,6 +288,17 @@ class _Plan:
         its last axis, so there is one number per token."""
         return values.sum(axis=-2) if self.explained[k].get("embeds") else values
 
+    def approximate_note(self, explainer: str) -> list[str]:
+        """A note naming the nodes the report calls approximate: the engine, like shap, passes
+        the gradient through them, so their attributions are not exact."""
+        from .report import approximate_nodes, classify
+
+        nodes = approximate_nodes(classify(self.module))
+        if not nodes:
+            return []
+        return [f"{len(nodes)} node(s) have no exact rule, so {explainer}'s attributions through them are the "
+                f"gradient's, not exact: {', '.join(nodes[:5])}{' ...' if len(nodes) > 5 else ''}"]
+
     def explained_names(self) -> list[str]:
         return [e["embeds"][0] if e.get("embeds") else e["name"] for e in self.explained]
 
@@ -301,37 +326,84 @@ class BatchExplainer:
     references), ready to explain batch after batch.
 
     Call it with a :class:`_Batch`; it returns the attributions (one float32 array per
-    explained input, ``shape + (n_outputs,)``) and each row's relative additivity error.
-    Rows that share their context and references are explained together, with the context
-    bound to the module (``ExplainableModule.with_context``).
+    explained input, ``shape + (k,)``), each row's relative additivity error, and the
+    outputs explained per row (``[rows, k]``). The exact engine takes every row, reference
+    and output of a batch at once (see :mod:`rewriter.engine`); for shap and Captum, rows
+    that share their context and references are explained together, the context bound to
+    the module (``ExplainableModule.with_context``).
     """
 
     def __init__(self, model: ExplainableModule, background: Sequence[np.ndarray] | None, *,
-                 explainer: Explainer = "shap", device: str = "cpu", output: int | None = None) -> None:
+                 explainer: Explainer = "exact", device: str = "cpu", output: int | None = None,
+                 outputs: Sequence[int] | None = None, top_k: int | None = None,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
         self.device = _device(device)
         self.model = model.to(self.device).eval()
         self.output = output
         self.explainer = explainer
+        self.outputs, self.top_k = outputs, top_k
         self.background = None if background is None else tuple(torch.as_tensor(b, device=self.device)
                                                                  for b in background)
+        self.exact = ExactEngine(OutputView(self.model, output), self.model, memory_budget) \
+            if explainer == "exact" else None
         self._engines: dict = {}
 
-    def __call__(self, batch: _Batch) -> tuple[list[np.ndarray], np.ndarray]:
+    def __call__(self, batch: _Batch) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
         xs = tuple(torch.as_tensor(x, device=self.device) for x in batch.xs)
         context = tuple(torch.as_tensor(c, device=self.device) for c in batch.context)
         per_row = None if batch.references is None else tuple(torch.as_tensor(r, device=self.device)
                                                               for r in batch.references)
+        view = OutputView(self.model, self.output)
+        with GATE.run(), torch.no_grad():
+            outputs = view(*xs, *context)
+            selected = self._selected(outputs)
+            reference_outputs = self._reference_outputs(view, len(xs[0]), context, per_row)
+        if self.exact is not None:
+            references = self.background if per_row is None else tuple(r.unsqueeze(1) for r in per_row)
+            with GATE.run():
+                values = self.exact.attribute(xs, context, references, per_row is not None, selected)
+        else:
+            values = [v[np.arange(len(v))[:, None], ..., selected.cpu().numpy()].transpose(
+                0, *range(2, v.ndim), 1) for v in self._by_explainer(xs, context, per_row)]
+        taken = selected.to(outputs.device)
+        errors = additivity_errors(values, outputs.gather(1, taken).cpu().numpy(),
+                                   reference_outputs.gather(2, taken.unsqueeze(1).expand(
+                                       -1, reference_outputs.shape[1], -1)).cpu().numpy())
+        return values, errors, selected.cpu().numpy()
+
+    def _reference_outputs(self, view, rows: int, context, per_row) -> torch.Tensor:
+        """Each row's references' outputs, ``[rows, n, k]``: under the row's own context."""
+        if per_row is not None:
+            return view(*per_row, *context).unsqueeze(1)
+        count = len(self.background[0])
+        if not context:
+            return view(*self.background).unsqueeze(0).expand(rows, -1, -1)
+        return torch.stack([view(*self.background, *(c[i:i + 1].expand(count, *c.shape[1:]) for c in context))
+                            for i in range(rows)])
+
+    def _selected(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The outputs explained for each row: the ones asked for, each row's ``top_k`` largest,
+        or all."""
+        rows, count = outputs.shape
+        if self.top_k is not None:
+            return ranked(outputs, min(self.top_k, count))
+        if self.outputs is not None:
+            bad = [k for k in self.outputs if not 0 <= k < count]
+            if bad:
+                raise InputError(f"outputs {bad} were asked for; the model has {count}", fix=f"use 0 to {count - 1}")
+            return torch.tensor(list(self.outputs)).expand(rows, -1)
+        return torch.arange(count).expand(rows, -1)
+
+    def _by_explainer(self, xs, context, per_row) -> list[np.ndarray]:
+        """Every output's attributions by shap or Captum, group by group."""
         values: list[list[np.ndarray]] = [[] for _ in xs]
-        errors = np.zeros(len(xs[0]))
         order = []
         for rows, ctx, refs in self._groups(xs, context, per_row):
-            group_values, group_errors = self._explain(tuple(x[rows] for x in xs), ctx, refs)
-            for k, v in enumerate(group_values):
+            for k, v in enumerate(self._explain(tuple(x[rows] for x in xs), ctx, refs)):
                 values[k].append(v)
-            errors[rows] = group_errors
             order.extend(rows)
         inverse = np.argsort(order)
-        return [np.concatenate(v)[inverse] for v in values], errors
+        return [np.concatenate(v)[inverse] for v in values]
 
     def _groups(self, xs, context, per_row):
         """Rows explained together: those that share their context (and, with a background,
@@ -350,21 +422,13 @@ class BatchExplainer:
         for rows in keys.values():
             yield rows, tuple(c[rows[0]:rows[0] + 1] for c in context), self.background
 
-    def _view(self, context: tuple[torch.Tensor, ...]) -> nn.Module:
+    def _explain(self, xs, context, references) -> list[np.ndarray]:
         module = self.model.with_context(*context) if context else self.model
-        return OutputView(module, self.output)
-
-    def _explain(self, xs, context, references) -> tuple[list[np.ndarray], np.ndarray]:
-        view = self._view(context)
-        with GATE.run():
-            with torch.no_grad():
-                reference_outputs = view(*references).cpu().numpy()
-                outputs = view(*xs).cpu().numpy()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                values = self._shap(view, xs, references) if self.explainer == "shap" else \
-                    self._captum(view, xs, references)
-        return values, additivity_errors(values, outputs, reference_outputs)
+        view = OutputView(module, self.output)
+        with GATE.run(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return self._shap(view, xs, references) if self.explainer == "shap" else \
+                self._captum(view, xs, references)
 
     def _shap(self, view: nn.Module, xs, references) -> list[np.ndarray]:
         import shap
@@ -449,7 +513,7 @@ class _RayWorker:
     def __init__(self, settings: dict) -> None:
         self.settings, self.explain = settings, None
 
-    def run(self, shared: list, batch: _Batch) -> tuple[list[np.ndarray], np.ndarray]:
+    def run(self, shared: list, batch: _Batch) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
         if self.explain is None:
             import ray
 
@@ -462,7 +526,7 @@ class _RayWorker:
 
 def _on_ray(model: ExplainableModule, background: tuple[np.ndarray, ...] | None, settings: dict,
             batches: list[_Batch], address: str | None,
-            workers: int | None) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
+            workers: int | None) -> Iterator[tuple[list[np.ndarray], np.ndarray, np.ndarray]]:
     try:
         import ray
         from ray.util import ActorPool

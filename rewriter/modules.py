@@ -334,9 +334,10 @@ class ExactSoftmax(ExactRule):
         grad_top = -grad_shift.sum(-1, keepdim=True)[:half]
         top_in, top_ref = top[:half], top[half:]
         larger = torch.maximum(top_in, top_ref)
-        routed = torch.zeros_like(x[:half])
-        routed.scatter_add_(-1, where[:half], grad_top * (larger - top_ref))
-        routed.scatter_add_(-1, where[half:], grad_top * (top_in - larger))
+        # Out of place: the exact engine batches this rule over outputs (vmap), which in-place
+        # scatters into an unbatched tensor refuse.
+        routed = torch.zeros_like(x[:half]).scatter_add(-1, where[:half], grad_top * (larger - top_ref))
+        routed = routed.scatter_add(-1, where[half:], grad_top * (top_in - larger))
         through_max = _rescale(routed, x[:half] - x[half:], torch.zeros_like(routed))
         return grad_shift + torch.cat([through_max, through_max])
 
@@ -381,9 +382,12 @@ class ExactMaxPool(ExactRule):
         larger = torch.maximum(top_in, top_ref)
         grad = grad_output[:half]
         plane = x[:half].flatten(2)
-        routed = torch.zeros_like(plane)
-        routed.scatter_add_(-1, where[:half].flatten(2), (grad * (larger - top_ref)).flatten(2))
-        routed.scatter_add_(-1, where[half:].flatten(2), (grad * (top_in - larger)).flatten(2))
+
+        def rows(t: torch.Tensor) -> torch.Tensor:  # reshape, not flatten: vmap has no rule for flatten here
+            return t.reshape(*t.shape[:2], -1)
+
+        routed = torch.zeros_like(plane).scatter_add(-1, rows(where[:half]), rows(grad * (larger - top_ref)))
+        routed = routed.scatter_add(-1, rows(where[half:]), rows(grad * (top_in - larger)))
         delta = plane - x[half:].flatten(2)
         # A position whose value did not change carries no contribution (see the class notes).
         usable = torch.isfinite(delta) & (delta.abs() >= 1e-7)

@@ -44,3 +44,20 @@ def assert_round_trips(module, *inputs) -> None:
         want, got = module(*inputs), loaded(*inputs)
     for w, g in zip(want if isinstance(want, tuple) else (want,), got if isinstance(got, tuple) else (got,)):
         assert torch.equal(w, g)
+
+
+def assert_engine_matches_the_explainers(module, background, inputs, rtol: float = 1e-5) -> None:
+    """The exact engine's attributions are shap.DeepExplainer's and Captum DeepLiftShap's on
+    the same module, rows and background: within ``rtol`` of the largest attribution."""
+    import numpy as np
+
+    from rewriter.explaining import run_explanation
+
+    inputs, background = _tuple(inputs), _tuple(background)
+    found = {name: run_explanation(module, inputs, background, explainer=name, progress=False, threshold=None)
+             for name in ("exact", "shap", "captum")}
+    assert found["exact"].worst_error < 1e-4
+    for name in ("shap", "captum"):
+        for engine, other in zip(found["exact"].attributions, found[name].attributions):
+            scale = max(float(np.abs(other).max()), 1e-12)
+            assert np.abs(engine - other).max() <= rtol * scale, (name, np.abs(engine - other).max(), scale)

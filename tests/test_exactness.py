@@ -19,7 +19,13 @@ from architectures import (
     SqueezeExciteNet,
     randomize_batchnorm,
 )
-from explain import assert_round_trips, captum_relative_delta, shap_outcome, shap_relative_error
+from explain import (
+    assert_engine_matches_the_explainers,
+    assert_round_trips,
+    captum_relative_delta,
+    shap_outcome,
+    shap_relative_error,
+)
 from torch import nn
 
 from rewriter import rewrite
@@ -98,6 +104,12 @@ def test_captum_exact_after_rewrite(case):
     _, _, shape, rewritten, _ = case
     torch.manual_seed(3)
     assert captum_relative_delta(rewritten, torch.randn(3, *shape), torch.randn(3, *shape)) < EXACT
+
+
+def test_the_exact_engine_gives_shaps_and_captums_numbers(case):
+    _, _, shape, rewritten, _ = case
+    torch.manual_seed(4)
+    assert_engine_matches_the_explainers(rewritten, torch.randn(6, *shape), torch.randn(3, *shape))
 
 
 def test_ordinary_gradients_outside_explanation(case):

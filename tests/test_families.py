@@ -18,7 +18,12 @@ from architectures import (
     SwinStyle,
     randomize_batchnorm,
 )
-from explain import assert_round_trips, captum_relative_delta, shap_relative_error
+from explain import (
+    assert_engine_matches_the_explainers,
+    assert_round_trips,
+    captum_relative_delta,
+    shap_relative_error,
+)
 from torch import nn
 
 from rewriter import ExportError, ShapRewriteError, rewrite
@@ -81,6 +86,12 @@ def test_captum_exact(case):
     _, shape, rewritten, _, _ = case
     torch.manual_seed(3)
     assert captum_relative_delta(rewritten, torch.randn(3, *shape), torch.randn(3, *shape)) < EXACT
+
+
+def test_the_exact_engine_gives_shaps_and_captums_numbers(case):
+    _, shape, rewritten, _, _ = case
+    torch.manual_seed(4)
+    assert_engine_matches_the_explainers(rewritten, torch.randn(6, *shape), torch.randn(3, *shape))
 
 
 class ValueBranch(nn.Module):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import onnx
 import pytest
 import torch
-from explain import assert_round_trips
+from explain import assert_engine_matches_the_explainers, assert_round_trips
 from onnx import TensorProto, helper
 from onnx_graphs import keras_rnn_loop, recurrent_layer
 from torch import nn
@@ -109,6 +109,12 @@ def test_shap_and_captum_are_exact(case):
     torch.manual_seed(2)
     errors = self_check(rewritten, inputs_for(name, 10), inputs_for(name, 3))
     assert errors["shap"] < EXACT and errors["captum"] < EXACT, errors
+
+
+def test_the_exact_engine_gives_shaps_and_captums_numbers(case):
+    name, _, rewritten, _ = case
+    torch.manual_seed(4)
+    assert_engine_matches_the_explainers(rewritten, inputs_for(name, 6), inputs_for(name, 3))
 
 
 def test_one_module_per_step_named_after_it(case):

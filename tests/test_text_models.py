@@ -89,7 +89,7 @@ def test_the_result_embeds_ids_and_computes_the_models_logits(text_model):
         torch.testing.assert_close(module(*module.embed(**other)), model(**other).logits, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("explainer", ["shap", "captum"])
+@pytest.mark.parametrize("explainer", ["exact", "shap", "captum"])
 @pytest.mark.parametrize("references", ["background", "token"])
 def test_explain_gives_exact_attributions_per_token(text_model, explainer, references):
     _, _, module, _, rows, token_types = text_model
@@ -100,6 +100,14 @@ def test_explain_gives_exact_attributions_per_token(text_model, explainer, refer
     assert result.names == ["input_ids"] and values.shape == (4, LENGTH, 3)
     assert result.worst_error < 1e-4
     np.testing.assert_array_equal(values[1, PADDED_FROM:], 0.0)  # padding: the mask is the row's own
+
+
+def test_the_exact_engine_gives_shaps_numbers_per_token(text_model):
+    _, _, module, _, rows, token_types = text_model
+    background = batch(3, token_types, seed=1)
+    exact, shap_values = (run_explanation(module, rows, background, explainer=name, progress=False).attributions[0]
+                          for name in ("exact", "shap"))
+    np.testing.assert_allclose(exact, shap_values, rtol=0, atol=1e-5 * np.abs(shap_values).max())
 
 
 def test_shap_and_captum_run_on_the_module_as_returned(text_model):
