@@ -218,3 +218,59 @@ def test_the_command_fails_with_a_typed_error_and_writes_nothing(saved, tmp_path
         p.name for p in [tmp_path / "bg.npy", tmp_path / "objects.npy", out] if p.exists() and p.parent == tmp_path)
     if case == "exists":
         assert out.read_bytes() == b"keep me"
+
+
+# -- the exact engine --------------------------------------------------------------------------
+
+
+def test_the_exact_engine_is_the_default_and_gives_shaps_numbers(cnn):
+    model, inputs, background = cnn
+    default = run_explanation(model, inputs[:5], background, progress=False)
+    by_shap = run_explanation(model, inputs[:5], background, explainer="shap", progress=False)
+    scale = np.abs(by_shap.attributions[0]).max()
+    np.testing.assert_allclose(default.attributions[0], by_shap.attributions[0], rtol=0, atol=1e-5 * scale)
+
+
+def test_a_small_memory_budget_chunks_the_pairs_and_changes_nothing(cnn):
+    model, inputs, background = cnn
+    whole = explain(model, inputs[:6], background, progress=False)
+    chunked = explain(model, inputs[:6], background, memory_budget=1, progress=False)  # one pair at a time
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-7)
+    with pytest.raises(InputError, match="memory_budget"):
+        explain(model, inputs[:2], background, memory_budget=0, progress=False)
+
+
+def test_outputs_and_top_k_pick_what_is_explained(mlp):
+    model, inputs, background = mlp
+    every = explain(model, inputs[:6], background, progress=False)
+    some = run_explanation(model, inputs[:6], background, outputs=[2, 0], progress=False)
+    np.testing.assert_allclose(some.attributions[0], every[..., [2, 0]], rtol=1e-5, atol=1e-7)
+    assert (some.outputs == [2, 0]).all()
+    top = run_explanation(model, inputs[:6], background, top_k=1, progress=False)
+    with torch.no_grad():
+        largest = model(torch.from_numpy(inputs[:6])).argmax(1).numpy()
+    assert (top.outputs[:, 0] == largest).all()
+    np.testing.assert_allclose(top.attributions[0][..., 0], every[np.arange(6), :, largest], rtol=1e-5, atol=1e-7)
+    for explainer in ("shap", "captum"):  # the same selection through the other explainers
+        picked = run_explanation(model, inputs[:6], background, outputs=[1], explainer=explainer, progress=False)
+        np.testing.assert_allclose(picked.attributions[0][..., 0], every[..., 1], rtol=1e-4, atol=1e-6)
+    with pytest.raises(InputError, match="outputs \\[7\\]"):
+        explain(model, inputs[:2], background, outputs=[7], progress=False)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device on this machine"))])
+def test_the_engine_runs_on_the_device_asked_for(cnn, device):
+    model, inputs, background = cnn
+    values = explain(model, inputs[:3], background, device=device, progress=False)
+    assert values.shape == inputs[:3].shape + (3,)
+    assert additivity_error(model.cpu(), inputs[:3], background, values) < 1e-4
+
+
+def test_the_command_explains_top_k_outputs_into_an_npz(saved, tmp_path):
+    done = _cli(str(saved / "model.pt"), "--inputs", str(saved / "rows.npy"), "--background",
+                str(saved / "background.npy"), "--out", str(tmp_path / "a.npz"), "--top-k", "2")
+    assert done.returncode == 0, done.stderr
+    with np.load(tmp_path / "a.npz") as written:
+        assert written.files == ["x", "outputs"]
+        assert written["x"].shape == (30, 10, 2) and written["outputs"].shape == (30, 2)
