@@ -24,9 +24,82 @@ def _loop_trip_count(node: gs.Node) -> int | None:
     return int(trips.reshape(())) if trips is not None and trips.size == 1 else None
 
 
+def _counted_trips(node: gs.Node, body: gs.Graph, trips: int) -> int | None:
+    """The iterations a Loop runs when its condition is computed from counters only: the
+    iteration number, carried values that start as constants and change by constants, and
+    constants (tf2onnx's ``while`` over a fixed length). The condition's path is evaluated
+    step by step; None when it reads anything else."""
+    position = {id(t): k for k, t in enumerate(body.inputs[2:])}
+    producers = {id(o): n for n in body.nodes for o in n.outputs}
+    needed, nodes, pending, seen = set(), set(), [body.outputs[0]], set()
+    while pending:
+        tensor = pending.pop()
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        if id(tensor) in position:
+            k = position[id(tensor)]
+            if const_value(node.inputs[2 + k]) is None:
+                return None  # a carried value that starts from the input
+            needed.add(k)
+            pending.append(body.outputs[1 + k])
+        elif id(tensor) in producers:
+            inner = producers[id(tensor)]
+            if any(isinstance(a, gs.Graph) for a in inner.attrs.values()):
+                return None
+            nodes.add(id(inner))
+            pending.extend(t for t in inner.inputs if t.name)
+        elif tensor not in body.inputs[:2] and const_value(tensor) is None:
+            return None  # an outer value computed from the input
+    order = [n for n in body.nodes if id(n) in nodes]
+    carried = sorted(needed)
+    step = _step_model(order, [body.inputs[0], body.inputs[1], *(body.inputs[2 + k] for k in carried)],
+                       [body.outputs[0], *(body.outputs[1 + k] for k in carried)])
+    if step is None:
+        return None
+    values = [const_value(node.inputs[2 + k]) for k in carried]
+    condition = const_value(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1].name else np.array(True)
+    try:
+        for t in range(trips):
+            condition, *values = step(np.array(t, np.int64), np.asarray(condition), *values)
+            if not bool(np.asarray(condition).reshape(-1)[0]):
+                return t + 1
+    except Exception:  # the reference implementation refused a value on the way
+        return None
+    return trips
+
+
+def _step_model(nodes: list[gs.Node], inputs: list[gs.Tensor], outputs: list[gs.Tensor]):
+    """``nodes`` as a function of ``inputs`` to ``outputs`` on numpy values, run by ONNX's
+    reference evaluator (outer values they read are constants); None when it cannot be built."""
+    from onnx.reference import ReferenceEvaluator
+
+    fed = {id(t) for t in inputs}
+    made = {id(o) for n in nodes for o in n.outputs}
+    copies, names = [], {}
+
+    def named(tensor: gs.Tensor) -> gs.Tensor:
+        if id(tensor) in fed or id(tensor) in made:
+            return names.setdefault(id(tensor), gs.Variable(tensor.name, dtype=tensor.dtype))
+        return names.setdefault(id(tensor), gs.Constant(tensor.name, np.asarray(const_value(tensor))))
+
+    for inner in nodes:
+        copies.append(gs.Node(inner.op, inner.name, dict(inner.attrs),
+                              [named(t) if t.name else gs.Variable("") for t in inner.inputs],
+                              [named(o) for o in inner.outputs]))
+    graph = gs.Graph(nodes=copies, inputs=[named(t) for t in inputs], outputs=[named(t) for t in outputs], opset=17)
+    try:
+        evaluator = ReferenceEvaluator(gs.export_onnx(graph, do_type_check=False))
+    except Exception:  # an op or a type the reference implementation refuses
+        return None
+    names_in = [t.name for t in inputs]
+    return lambda *values: evaluator.run(None, dict(zip(names_in, values)))
+
+
 def _unroll_loop(graph: gs.Graph, node: gs.Node) -> list[str]:
-    """A Loop whose trip count is constant and whose condition stays true, as its body
-    repeated; scan outputs stacked on a new leading axis."""
+    """A Loop whose trip count is constant and whose condition stays true (or is computed
+    from counters, see :func:`_counted_trips`), as its body repeated; scan outputs stacked
+    on a new leading axis."""
     trips = _loop_trip_count(node)
     body: gs.Graph = node.attrs["body"]
     condition = node.inputs[1] if len(node.inputs) > 1 and node.inputs[1].name else None
@@ -35,6 +108,9 @@ def _unroll_loop(graph: gs.Graph, node: gs.Node) -> list[str]:
     while cond_out.inputs and cond_out.inputs[0].op == "Identity":  # the condition passed through
         cond_out = cond_out.inputs[0].inputs[0]
     body_keeps_going = cond_out is body.inputs[1] or (const_value(cond_out) is not None and bool(const_value(cond_out)))
+    if trips is not None and cond_value is not None and bool(cond_value) and not body_keeps_going:
+        trips = _counted_trips(node, body, trips)
+        body_keeps_going = trips is not None
     if trips is None or cond_value is None or not bool(cond_value) or not body_keeps_going:
         raise ConversionError("this Loop's trip count or condition depends on the input", node=node.name,
                               op_type="Loop", fix="only Loops with a constant trip count that always continue can be "
