@@ -7,6 +7,7 @@ from .base import GraphPass, PassOptions, PassResult
 from .batch import make_batch_dynamic
 from .cleanup import drop_identities, remove_dead_nodes
 from .constants import fold_constants, fold_large_constants
+from .custom_ops import fuse_custom_ops
 from .expand import expand_function_ops
 from .functions import attach_functions
 from .graph import toposorted
@@ -31,6 +32,7 @@ PIPELINE: list[GraphPass] = [
     fold_large_constants,
     measure_shapes,
     unroll_loops,
+    fuse_custom_ops,
     fuse_activations,
     decompose_activations,
     decompose_normalization,

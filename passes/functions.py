@@ -100,6 +100,11 @@ _ATTRIBUTES = {"ShapleyEinsum": ["equation"], "Standardize": ["epsilon"], "Exact
 
 
 def function_proto(name: str, opset: int) -> onnx.FunctionProto:
+    from ..ops import load
+
+    registered = load().get(name)
+    if registered is not None:
+        return registered.function(opset)
     inputs = ["X", "B"] if name in _TWO_INPUTS else ["X"]
     body = _OPSET_BODIES[name](opset) if name in _OPSET_BODIES else BODIES[name]
     return helper.make_function(DOMAIN, name, inputs, ["Y"], body, opset_imports=[helper.make_opsetid("", opset)],

@@ -157,9 +157,12 @@ def elementwise_classes() -> list[type[Elementwise]]:
 
 
 def exact_rule_classes() -> list[type[ExactRule]]:
-    """Every module class with a rule of its own (see :class:`ExactRule`)."""
+    """Every module class with a rule of its own (see :class:`ExactRule`): here, in
+    ``rewriter.cells`` and in the custom ops' files."""
     from . import cells  # noqa: F401
+    from .ops import load
 
+    load()
     return _subclasses(ExactRule)
 
 
