@@ -22,6 +22,7 @@ from .concurrency import GATE, collector_paused
 from .embedding import split_embeddings
 from .errors import (
     AdditivityError,
+    BatchHeldError,
     ConversionError,
     ExportError,
     InputError,
@@ -205,7 +206,7 @@ def _as_float32(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
 
 
 def _torch_source(model: nn.Module, args: tuple, kwargs: Mapping, output: Selector, exporter: str,
-                  opset: int | None, fixed_batch: bool) -> _Source:
+                  opset: int | None, fixed_batch: bool, extra_row: bool = False) -> _Source:
     """The model as its users call it (see :mod:`rewriter.interface`), flattened to named
     positional tensors and one output. A half precision model is exported from a float32 copy
     (what the result will be), and checked against both: tightly against the copy, within
@@ -224,7 +225,7 @@ def _torch_source(model: nn.Module, args: tuple, kwargs: Mapping, output: Select
     flat_model = FlatModel(export_model, spec, choice)
     outputs = choice.pick([t for _, t in named])
     exported = export_module(flat_model, tuple(inputs), exporter=exporter, opset=opset, fixed_batch=fixed_batch,
-                             names=spec.names, outputs=outputs)
+                             names=spec.names, outputs=outputs, extra_row=extra_row)
     # The export ran the model it exported on the inputs: verification takes those outputs.
     seen = torch_runner(flat_model, known=(tuple(inputs), exported.outputs))
     references: list[Reference] = []
@@ -348,12 +349,12 @@ class _Call:
 
 
 def _read(model: ModelSource, call: _Call, dims, exporter: str, opset: int | None, clock: _Clock,
-          need_inputs: bool = True, fixed_batch: bool = True) -> _Source:
+          need_inputs: bool = True, fixed_batch: bool = True, extra_row: bool = False) -> _Source:
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise InputError(f"unknown exporter '{exporter}'", fix="use 'auto', 'dynamo' or 'torchscript'")
     if isinstance(model, nn.Module):
         with clock.stage("export", "exporting to ONNX"):
-            return _torch_source(model, call.args, call.kwargs, call.output, exporter, opset, fixed_batch)
+            return _torch_source(model, call.args, call.kwargs, call.output, exporter, opset, fixed_batch, extra_row)
     if isinstance(model, (str, os.PathLike)) and is_exported_program(model):
         with clock.stage("export", "translating the torch.export archive to ONNX"):
             model, args, kwargs = read_exported_program(model)
@@ -424,19 +425,8 @@ def rewrite(model: ModelSource, *example_inputs, dims: Mapping[str, int] | None 
             info.verification = verify(module, references, inputs, output_names, Tolerance(atol, rtol))
     else:
         call = _Call(tuple(example_inputs), example_kwargs, output)
-        source = _read(model, call, dims, exporter, opset, clock)
         options = PassOptions(dynamic_batch, decompose_clips, max_tensor_bytes=max_tensor_bytes)
-        tolerance = Tolerance(atol, rtol)
-        try:
-            module = _rewrite_source(source, options, tolerance, clock)
-        except ShapRewriteError as exc:
-            if not source.fixed_batch or isinstance(exc, (UnsupportedOpError, InputError)):
-                raise
-            # Exported at a fixed batch, the graph still held it somewhere (verification is the
-            # check of that): the dynamic-shape export, which costs more.
-            source = _read(model, call, dims, exporter, opset, clock, fixed_batch=False)
-            source.report.notes.insert(0, dynamic_batch_note(exc.message))
-            module = _rewrite_source(source, options, tolerance, clock)
+        module, source = _rewrite_first(model, call, dims, exporter, opset, options, Tolerance(atol, rtol), clock)
         info, inputs = source.report, source.inputs
         info.interface = module.interface
     info.nodes = classify(module)
@@ -448,6 +438,53 @@ def rewrite(model: ModelSource, *example_inputs, dims: Mapping[str, int] | None 
             info.check = self_check(module, background, rows)
     info.timings = clock.timings
     return (module, info) if report else module
+
+
+# The ways a torch model is exported, in order, while the rewrite of the previous one fails
+# for the export's sake: at a fixed batch made batch-free (fastest); with a dynamic batch
+# traced at one row more than the example (what a model cached for the example's batch size
+# is rebuilt from the symbolic one); at the example's batch; by the TorchScript exporter.
+_ATTEMPTS = ({"fixed_batch": True}, {"fixed_batch": False, "extra_row": True}, {"fixed_batch": False},
+             {"fixed_batch": False, "exporter": "torchscript"})
+
+
+def _rewrite_first(model: ModelSource, call: _Call, dims, exporter: str, opset: int | None, options: PassOptions,
+                   tolerance: Tolerance, clock: _Clock) -> tuple[nn.Module, _Source]:
+    """The rewrite of the first export of ``model`` whose rewrite verifies (see ``_ATTEMPTS``);
+    an ONNX source has one."""
+    notes: list[str] = []
+    if not isinstance(model, nn.Module):
+        attempts = _ATTEMPTS[:1]
+    elif exporter == "torchscript":
+        attempts = _ATTEMPTS[-1:]
+    else:
+        attempts = _ATTEMPTS if exporter == "auto" else _ATTEMPTS[:-1]
+    for number, attempt in enumerate(attempts):
+        settings = {**attempt, "exporter": attempt.get("exporter", exporter)}
+        source = _read(model, call, dims, settings["exporter"], opset, clock, fixed_batch=settings["fixed_batch"],
+                       extra_row=settings.get("extra_row", False))
+        source.report.notes[:0] = notes
+        try:
+            return _rewrite_source(source, options, tolerance, clock), source
+        except ShapRewriteError as exc:
+            if number == len(attempts) - 1 or isinstance(exc, (UnsupportedOpError, InputError)):
+                raise _as_export_error(exc, source) from exc
+            notes.append(dynamic_batch_note(exc.message) if source.fixed_batch else
+                         f"{source.report.exporter} export at {'one row more than ' if attempt.get('extra_row') else ''}"
+                         f"the example's batch not used: {exc.message}")
+    raise AssertionError("unreachable: the last attempt raises")
+
+
+def _as_export_error(exc: ShapRewriteError, source: _Source) -> ShapRewriteError:
+    """A torch model whose export holds its example's batch size: the export is at fault, not
+    the rewrite (a model caching batch-sized tensors on itself, built on its first call,
+    exports them as constants)."""
+    if not isinstance(exc, BatchHeldError) or source.report.source != "torch":
+        return exc
+    return ExportError(f"the model's export holds the batch size of its example: {exc.message}",
+                       fix="the model sizes something by the batch outside its computation (a tensor cached on the "
+                           "module at its first call, a Python size); clear such caches before rewriting, or build "
+                           "them in forward() from the input's shape")
 
 
 def _rewrite_source(source: _Source, options: PassOptions, tolerance: Tolerance, clock: _Clock) -> nn.Module:

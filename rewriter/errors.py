@@ -92,6 +92,12 @@ class VerificationError(ShapRewriteError):
         super().__init__(f"{message}: {lines}" if lines else message, fix=fix)
 
 
+class BatchHeldError(VerificationError):
+    """The graph runs on the example's batch but not on another batch size: something in it
+    is sized by the example's batch (a torch model caching batch-sized tensors on itself, an
+    ONNX file with its batch written into a shape)."""
+
+
 class AdditivityError(ShapRewriteError):
     """Attributions that do not add up: found by the self-check, or by :func:`rewriter.explain`
     on the rows it names in ``rows`` (or an explainer failed)."""

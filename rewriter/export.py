@@ -7,6 +7,9 @@ import functools
 import inspect
 import io
 import logging
+import os
+import re
+import traceback
 import warnings
 from dataclasses import dataclass, field
 
@@ -80,6 +83,22 @@ def quiet():
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def _state_kept(model: nn.Module):
+    """Each module's own attributes (not its parameters, buffers or children) as they were
+    before a run or an export. Tracing runs forward() on fake tensors: a model that caches
+    tensors on itself (darts' TFT keeps an attention mask for the last batch size it saw)
+    would keep fake ones, and a later run would use them."""
+    saved = [(module, dict(module.__dict__)) for module in model.modules()]
+    try:
+        yield
+    finally:
+        for module, attributes in saved:
+            for key in [k for k in module.__dict__ if k not in attributes]:
+                del module.__dict__[key]
+            module.__dict__.update(attributes)
 
 
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
@@ -182,17 +201,66 @@ def _export_fixed_batch(model: nn.Module, inputs: tuple, names: list[str], opset
     return light
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def export_failure(exc: BaseException) -> str:
+    """What torch's exporter says went wrong, in one line: the exception its summary names,
+    and the model's own line that raised it (file, line, code), without terminal colours.
+    ``torch.onnx.export`` wraps the cause in several paragraphs of advice whose first line
+    alone ("Failed to export the model with torch.export") names neither."""
+    text = _ANSI.sub("", str(exc))
+    summary = re.search(r"## Exception summary\s+(.+?)(?:\n\s*\n|$)", text, re.S)
+    cause = " ".join(summary.group(1).split()) if summary else describe(exc, 300).split(": ", 1)[-1]
+    cause = re.sub(r"^<class '(?:[\w.]+\.)?(\w+)'>:", r"\1:", cause)[:300]
+    call = re.search(r'The following call raised this error:\s*\n\s*File "([^"]+)", line (\d+), in (\w+)\s*\n\s*(.+)',
+                     text)
+    if call:
+        return f"{type(exc).__name__}: {cause} (at {call.group(1)}:{call.group(2)} in {call.group(3)}: " \
+               f"`{call.group(4).strip()}`)"
+    frame = _model_frame(exc)
+    where = f" (at {frame.filename}:{frame.lineno} in {frame.name}: `{(frame.line or '').strip()}`)" if frame else ""
+    return f"{type(exc).__name__}: {cause}{where}"
+
+
+def _model_frame(exc: BaseException) -> traceback.FrameSummary | None:
+    """The innermost frame of the failure that is the model's own code (not torch's, not
+    ours), through the chain of causes."""
+    skipped = (os.path.dirname(torch.__file__), os.path.dirname(os.path.abspath(__file__)))
+    found, seen = None, set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        for frame in traceback.extract_tb(exc.__traceback__):
+            if not frame.filename.startswith(skipped) and "site-packages/torch" not in frame.filename:
+                found = frame
+        exc = exc.__cause__ or exc.__context__
+    return found
+
+
 def dynamic_batch_note(why: str) -> str:
     """The report's note for a model exported with a dynamic batch after the fixed one failed."""
     return f"exported with a dynamic batch (slower): at a fixed batch, {why}"
 
 
-def _export_dynamic(model: nn.Module, inputs: tuple, names: list[str], opset: int | None) -> LightModel:
+def _export_dynamic(model: nn.Module, inputs: tuple, names: list[str], opset: int | None,
+                    extra_row: bool = False) -> LightModel:
+    if extra_row:  # see export_module
+        inputs = tuple(torch.cat([t, t[:1]]) if t.dim() else t for t in inputs)
     batch = torch.export.Dim("batch")
     dynamic = tuple({0: batch} if t.dim() > 0 else {} for t in inputs)
+    if _takes_varargs(model):  # FlatModel.forward(*tensors): torch.export sees one input, a tuple
+        dynamic = (dynamic,)
     with quiet():
         program = _dynamo_export(model, inputs, names, opset, dynamic)
     return light_from_ir(program.model)
+
+
+def _takes_varargs(model: nn.Module) -> bool:
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind == p.VAR_POSITIONAL for p in parameters)
 
 
 class _DataDependentTrace(Exception):
@@ -264,7 +332,9 @@ def run_model(model: nn.Module, args: tuple, kwargs: dict | None = None):
     """What ``model(*args, **kwargs)`` returns, run as it will be exported (in eval mode,
     without gradients); its own failure is an :class:`ExportError` quoting it."""
     try:
-        with GATE.run(), torch.no_grad(), evaluating(model):
+        # The model as it was afterwards: a model that caches what it builds for the batch size
+        # it last saw (darts' TFT) would otherwise reuse it, as a constant, in the export.
+        with GATE.run(), torch.no_grad(), evaluating(model), _state_kept(model):
             return model(*args, **(kwargs or {}))
     except ShapRewriteError:
         raise
@@ -296,20 +366,23 @@ def _as_outputs(out) -> list[torch.Tensor]:
                       fix="return the tensors to explain (rewrite() picks one of a dict or ModelOutput)")
 
 
-_EXPORTERS = {DYNAMO: _export_dynamic, TORCHSCRIPT: _export_torchscript}
+_EXPORTERS = {TORCHSCRIPT: _export_torchscript}  # the dynamo exporter: _export_dynamic, which takes extra_row
 
 
 def export_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], *, exporter: str = "auto",
                   opset: int | None = None, fixed_batch: bool = True, names: list[str] | None = None,
-                  outputs: list[torch.Tensor] | None = None) -> ExportedModel:
+                  outputs: list[torch.Tensor] | None = None, extra_row: bool = False) -> ExportedModel:
     """Export ``model`` called on ``inputs`` to an in-memory ONNX model with a dynamic batch dim.
 
     ``exporter`` is "auto" (dynamo, then TorchScript when dynamo fails), "dynamo" or
     "torchscript"; ``opset`` defaults to each exporter's own. ``fixed_batch``: try the dynamo
     export at a fixed batch first, made batch-free (the result says whether it was).
     ``names`` names the graph inputs (default: ``forward``'s parameters); ``outputs`` are the
-    model's outputs on ``inputs`` where the caller ran it already. Raises
-    :class:`ExportError` naming each exporter's failure.
+    model's outputs on ``inputs`` where the caller ran it already. ``extra_row``: trace the
+    dynamic export with one row more than the example, so what a model caches for the batch
+    size it last saw (darts' TFT, whose last training batch may be the example's size) is
+    rebuilt in the trace from the symbolic batch. Raises :class:`ExportError` naming each
+    exporter's failure.
 
     Thread-safe: exports from several threads run one after the other, and apart from every
     run of a torch module (see :mod:`rewriter.concurrency`), each exactly as it would alone.
@@ -325,31 +398,37 @@ def export_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], *, exporte
     names = names or input_names_for(model, len(inputs))
     order = [DYNAMO, TORCHSCRIPT] if exporter == "auto" else [exporter]
     with GATE.export(), collector_paused():
-        exported = _export_in_order(model, at_least_batch_two(inputs), names, order, opset, fixed_batch)
+        exported = _export_in_order(model, at_least_batch_two(inputs), names, order, opset, fixed_batch, extra_row)
     exported.outputs = outputs
     return exported
 
 
 def _export_in_order(model: nn.Module, inputs: tuple, names: list[str], order: list[str], opset: int | None,
-                     fixed_batch: bool) -> ExportedModel:
+                     fixed_batch: bool, extra_row: bool = False) -> ExportedModel:
     failures: list[str] = []
     notes: list[str] = []
-    with evaluating(model), _hooks_detached(model):
+    with evaluating(model), _hooks_detached(model), _state_kept(model):
         for name in order:
             if name == DYNAMO and fixed_batch:
                 try:
                     light = _export_fixed_batch(model, inputs, names, opset)
                     return ExportedModel(light, name, names, failures[0] if failures else None, fixed_batch=True)
-                except Exception as exc:  # the exporter's own failures, or the batch baked in
+                except BatchBaked as exc:
                     notes.append(dynamic_batch_note(describe(exc)))
                     log.debug("%s", notes[-1])
+                except Exception as exc:  # the exporter's own failure: the dynamic export may do better
+                    notes.append(dynamic_batch_note(export_failure(exc)))
+                    log.debug("%s", notes[-1])
             try:
-                light = _EXPORTERS[name](model, inputs, names, opset)
+                light = _export_dynamic(model, inputs, names, opset, extra_row) if name == DYNAMO else \
+                    _EXPORTERS[name](model, inputs, names, opset)
                 return ExportedModel(light, name, names, failures[0] if failures else None, notes=notes)
             except _DataDependentTrace as exc:
                 failures.append(f"{name} exporter: data-dependent control flow ({exc})")
             except Exception as exc:  # the exporters raise many unrelated types
-                failures.append(f"{name} exporter: {describe(exc)}")
+                failures.append(f"{name} exporter: {export_failure(exc)}")
+    fixed = [note.removeprefix(dynamic_batch_note("")) for note in notes]
+    failures = [f"{DYNAMO} exporter at a fixed batch: {reason}" for reason in fixed] + failures
     raise ExportError("the model could not be exported to ONNX; " + "; ".join(failures),
                       fix="make forward() free of data-dependent Python control flow and return tensors "
                           "(or a tuple of tensors), or export to ONNX yourself and pass the file")

@@ -9,7 +9,8 @@ and wraps the model so that the export sees exactly that (:class:`FlatModel`).
 
 Flat input names: a positional tensor takes its parameter's name (``x``), an element of a
 list or tuple argument its index after it (``xs.0``, ``xs.1``), a dict entry or keyword
-argument its key (``input_ids``). Flat output names follow the same rule from the model's
+argument its key (``input_ids``), a dataclass field its name after the argument's
+(``x_in.past_target``). Flat output names follow the same rule from the model's
 return value: ``logits``, ``0``, ``hidden_states.2``.
 """
 
@@ -37,6 +38,15 @@ class _Const:
     """A non-tensor value of the call (``None`` for an optional input, a flag), passed as is."""
 
     value: Any
+
+
+@dataclass(frozen=True)
+class _Record:
+    """A dataclass instance of the call (darts' ``PLModuleInput``): its fields' structure, and
+    the instance, whose other fields stay as they are."""
+
+    original: Any
+    fields: dict
 
 
 def _parameters(model: nn.Module) -> list[inspect.Parameter]:
@@ -68,6 +78,8 @@ class CallSpec:
         def fill(structure):
             if isinstance(structure, _Const):
                 return structure.value
+            if isinstance(structure, _Record):
+                return dataclasses.replace(structure.original, **{k: fill(v) for k, v in structure.fields.items()})
             if isinstance(structure, _Slot):
                 return tensors[structure]
             if isinstance(structure, dict):
@@ -97,6 +109,9 @@ def flatten_call(model: nn.Module, args: tuple, kwargs: Mapping[str, Any]) -> tu
             return len(tensors) - 1
         if isinstance(value, Mapping):
             return {k: walk(v, f"{name}.{k}" if name else str(k)) for k, v in value.items()}
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return _Record(value, {f.name: walk(getattr(value, f.name), f"{name}.{f.name}")
+                                   for f in dataclasses.fields(value) if f.init})
         if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
             return type(value)(walk(v, f"{name}.{i}") for i, v in enumerate(value))
         if callable(value) or isinstance(value, nn.Module):
@@ -130,6 +145,8 @@ def flatten_outputs(value: Any, prefix: str = "") -> list[tuple[str, torch.Tenso
         return [(prefix or "output", value)]
     if isinstance(value, Mapping):  # dicts and transformers' ModelOutput
         items = list(value.items())
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):  # darts' PLModuleOutput
+        items = [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value)]
     elif hasattr(value, "_fields"):  # named tuples
         items = list(zip(value._fields, value))
     elif isinstance(value, (list, tuple)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -135,8 +136,13 @@ def _by_name(names: Sequence[str], inputs: Sequence[Any], named: Mapping[str, An
 
 
 def _leaves(value: Any) -> list[Any]:
+    """The tensors of a structured input in the order the source's call was flattened in:
+    list and tuple items, a dataclass's tensor fields (darts' ``PLModuleInput``)."""
     if isinstance(value, (list, tuple)):
         return [leaf for item in value for leaf in _leaves(item)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [leaf for f in dataclasses.fields(value) if f.init and isinstance(getattr(value, f.name), torch.Tensor)
+                for leaf in _leaves(getattr(value, f.name))]
     return [value]
 
 

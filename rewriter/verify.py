@@ -30,7 +30,7 @@ import torch
 import torch.fx as fx
 
 from .concurrency import GATE
-from .errors import InputError, ShapRewriteError, VerificationError, describe
+from .errors import BatchHeldError, InputError, ShapRewriteError, VerificationError, describe
 from .passes.weights import ort_session
 
 if TYPE_CHECKING:
@@ -314,6 +314,10 @@ def verify(result_model: torch.nn.Module, references: Sequence[Reference], input
         try:
             got = run(batch_inputs)
         except Exception as exc:
+            if index == 1:  # it ran on the example: something in it holds the example's batch
+                raise BatchHeldError(f"the rewritten model runs at batch {len(inputs[0])} but not at batch {batch} "
+                                     f"({describe(exc)})", fix="export the model so that nothing in the graph is "
+                                     "sized by the example's batch (or keep its batch fixed: --static-batch)") from exc
             raise crash_error(result_model, batch_inputs, exc) from exc
         for (label, want, precision), reference in zip(wanted, references):
             label = getattr(reference.run, "label", label)  # the engine an ONNX runner fell back to

@@ -51,7 +51,7 @@ def layer(cls: type[nn.Module], *args, weights: Mapping[str, torch.Tensor], **kw
 
 
 # Importing the families fills the registry.
-from . import activations, arithmetic, layers, pooling, recurrent, spectral, tensors  # noqa: E402,F401
 from ..ops import load as _load_custom_ops  # noqa: E402  (each custom op registers its converter)
+from . import activations, arithmetic, layers, pooling, recurrent, spectral, tensors  # noqa: E402,F401
 
 _load_custom_ops()
