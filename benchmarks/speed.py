@@ -4,23 +4,28 @@ For ResNet-50, MobileNetV2 (torchvision's layouts), a ViT-B/16-sized and a BERT-
 encoder (random weights, batch 2), side by side in one process: the median wall time of
 ``torch.onnx.export(model, (x,), dynamo=True)`` with its defaults, and of ``rewrite(model, x)``
 with each stage's share. Then the time of everything after the export (passes, import,
-verify) on ONNX graphs of 100 to 10,000 nodes, peak memory in fresh processes, and the
-profile of a ResNet-50 rewrite (``--profile``).
+verify) on ONNX graphs of 100 to 10,000 nodes, peak memory in fresh processes, the cost of
+the saved artifact's checks (its SHA-256 digest and check batch) against a plain
+``torch.save``/``torch.load`` of the same weights, and the profile of a ResNet-50 rewrite
+(``--profile``).
 
 Goals (printed as ok / MISSED): rewrite <= 1.25x the export; passes + import + verify of a
 1,000-node graph under 1 s and linear in size; peak memory of a rewrite <= 2x the
-parameters' bytes + the export's own peak. Results go under "speed" in results.json.
+parameters' bytes + the export's own peak; saving plus loading an artifact (with its checks)
+<= a quarter of the rewrite it saves redoing. Results go under "speed" in results.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import io
 import pstats
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -139,6 +144,28 @@ def compare(name: str, runs: int) -> dict:
             "params_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20}
 
 
+def artifact(name: str, runs: int, folder: Path) -> dict:
+    """Median seconds to save and load the rewritten model as an artifact, the digest's share
+    of each, and a plain ``torch.save`` and weights-only ``torch.load`` of its state dict."""
+    from rewriter import artifact as store_
+
+    model, x = build(name)
+    with quiet():
+        module = rewrite(model, x)
+    path, plain = folder / f"{name}.pt", folder / f"{name}.state.pt"
+    times: dict[str, list[float]] = {}
+    for _ in range(runs):
+        times.setdefault("save", []).append(timed(lambda: store_.save(module, path)))
+        times.setdefault("load", []).append(timed(lambda: store_.load(path)))
+        times.setdefault("digest", []).append(timed(functools.partial(store_.digest, store_._document(module))))
+        times.setdefault("plain save", []).append(timed(lambda: torch.save(module.state_dict(), plain)))
+        times.setdefault("plain load", []).append(timed(lambda: torch.load(plain, weights_only=True)))
+    result = {k: statistics.median(v) for k, v in times.items()}
+    result["mb"] = path.stat().st_size / 2**20
+    result["over plain"] = (result["save"] + result["load"]) / (result["plain save"] + result["plain load"])
+    return result
+
+
 def block_stack(nodes: int, width: int = 32) -> bytes:
     """An ONNX MLP of ``nodes`` nodes: blocks of MatMul, Add, Tanh, Add. The weights are
     contractive, so outputs stay finite and rounding does not grow with depth."""
@@ -239,6 +266,17 @@ def main() -> int:
         results["memory"][name] = {**peaks, "params_mb": params, "extra_over_params": extra}
         print(f"{name:<14}{params:>7.0f}MB{peaks['export']:>11.0f}MB{peaks['rewrite']:>12.0f}MB{extra:>14.2f}  "
               f"{ok(extra <= 2)}")
+
+    print(f"\n{'model':<14}{'file':>8}{'save':>8}{'load':>8}{'digest':>8}{'plain save':>12}{'plain load':>12}"
+          f"{'/plain':>8}{'/rewrite':>10}")
+    results["artifact"] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name in args.models:
+            r = results["artifact"][name] = artifact(name, args.runs, Path(folder))
+            r["over rewrite"] = (r["save"] + r["load"]) / results["compare"][name]["rewrite"]
+            print(f"{name:<14}{r['mb']:>6.0f}MB{r['save']:>7.2f}s{r['load']:>7.2f}s{r['digest']:>7.2f}s"
+                  f"{r['plain save']:>11.2f}s{r['plain load']:>11.2f}s{r['over plain']:>8.2f}"
+                  f"{r['over rewrite']:>10.2f}  {ok(r['over rewrite'] <= 0.25)}")
 
     store({"speed": results})
     return 0
