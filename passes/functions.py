@@ -42,24 +42,6 @@ def _einsum() -> onnx.NodeProto:
     return node
 
 
-def _standardize(opset: int) -> list[onnx.NodeProto]:
-    """``(X - mean) * (var + epsilon)^-1/2`` over the last axis."""
-    def mean(source: str, out: str) -> onnx.NodeProto:
-        if opset >= 18:
-            return helper.make_node("ReduceMean", [source, "last"], [out], keepdims=1)
-        return helper.make_node("ReduceMean", [source], [out], axes=[-1], keepdims=1)
-
-    eps = helper.make_node("Constant", [], ["eps_f"])
-    ref = onnx.AttributeProto()
-    ref.name, ref.ref_attr_name, ref.type = "value_float", "epsilon", onnx.AttributeProto.FLOAT
-    eps.attribute.append(ref)
-    return [helper.make_node("Constant", [], ["last"], value_ints=[-1]), mean("X", "mean"),
-            helper.make_node("Sub", ["X", "mean"], ["c"]), helper.make_node("Mul", ["c", "c"], ["sq"]),
-            mean("sq", "var"), eps, helper.make_node("CastLike", ["eps_f", "X"], ["eps"]),
-            helper.make_node("Add", ["var", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["std"]),
-            helper.make_node("Div", ["c", "std"], ["Y"])]
-
-
 BODIES: dict[str, list[onnx.NodeProto]] = {
     "Silu": [helper.make_node("Sigmoid", ["X"], ["s"]), helper.make_node("Mul", ["X", "s"], ["Y"])],
     "Mish": [helper.make_node("Softplus", ["X"], ["sp"]), helper.make_node("Tanh", ["sp"], ["t"]),
@@ -95,8 +77,8 @@ def _exact_max_pool(opset: int) -> list[onnx.NodeProto]:
     return [node]
 
 
-_OPSET_BODIES = {"Standardize": _standardize, "ExactMaxPool": _exact_max_pool}
-_ATTRIBUTES = {"ShapleyEinsum": ["equation"], "Standardize": ["epsilon"], "ExactMaxPool": list(_POOL_ATTRIBUTES)}
+_OPSET_BODIES = {"ExactMaxPool": _exact_max_pool}
+_ATTRIBUTES = {"ShapleyEinsum": ["equation"], "ExactMaxPool": list(_POOL_ATTRIBUTES)}
 
 
 def function_proto(name: str, opset: int) -> onnx.FunctionProto:

@@ -92,7 +92,7 @@ class ExactEngine:
     def attribute(self, xs: Sequence[torch.Tensor], context: Sequence[torch.Tensor],
                   references: Sequence[torch.Tensor], per_row: bool,
                   selected: torch.Tensor | None = None) -> list[np.ndarray]:
-        """Attributions (one float32 array per explained input, ``x.shape + (k,)``) of each row
+        """Attributions (one array per explained input, ``x.shape + (k,)``, in its dtype) of each row
         of ``xs`` against ``references``: shared (``[B, ...]``) or, ``per_row``, each row's own
         (``[n, B, ...]``). ``selected`` (``[n, k]`` output indices per row) picks the outputs;
         default all of them."""
@@ -121,7 +121,7 @@ class ExactEngine:
                     self._accumulate(sums, chunk, [x[chunk] for x in xs], [c[chunk] for c in context], refs,
                                      per_row, selected[chunk], rules, kept)
         drop_shap_leftovers(self.view)
-        return [(total / count).to(torch.float32).numpy() for total in sums]
+        return [(total / count).to(x.dtype).numpy() for total, x in zip(sums, xs)]
 
     def _run_rows(self, xs, context, rules) -> dict[nn.Module, list]:
         """Step 1: each ruled leaf's input and output on the rows, in call order."""

@@ -12,6 +12,7 @@ and they are put back in order.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import sys
@@ -75,7 +76,8 @@ def explain(model: ExplainableModule | str | os.PathLike, inputs: Inputs, backgr
     (an attention mask) are the row's own in all of its references, so a padded position
     gets no attribution.
 
-    Returns float32 attributions for each explained input, shaped like its rows plus one
+    Returns float32 attributions for each explained input (float64 when a row needed the
+    float64 retry described in :class:`BatchExplainer`), shaped like its rows plus one
     axis for the outputs: per token (summed over the embedding) for token ids, per element
     for float inputs. A list when there are several. For each row they add up to
     ``f(x) - mean f(references)``; a row whose relative additivity error exceeds
@@ -130,7 +132,7 @@ def run_explanation(model: ExplainableModule | str | os.PathLike, inputs: Inputs
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise InputError(f"top_k must be a whole number of 1 or more, not {top_k!r}", fix="pass e.g. top_k=3")
     settings = {"explainer": explainer, "device": device, "output": output, "outputs": outputs, "top_k": top_k,
-                "memory_budget": memory_budget}
+                "memory_budget": memory_budget, "threshold": threshold}
     starts = range(0, len(xs[0]), batch_size)
     batches = [_Batch(tuple(x[s:s + batch_size] for x in xs), tuple(c[s:s + batch_size] for c in context),
                       None if per_row is None else tuple(r[s:s + batch_size] for r in per_row)) for s in starts]
@@ -140,17 +142,22 @@ def run_explanation(model: ExplainableModule | str | os.PathLike, inputs: Inputs
         results = (worker(batch) for batch in batches)
     else:
         results = _on_ray(model, shared, settings, batches, address, workers)
-    values, errors, explained = [], [], []
+    values, errors, explained, wide = [], [], [], []
     with _progress(len(xs[0]), progress) as bar, contextlib.closing(results):
-        for start, (batch_values, batch_errors, batch_outputs) in zip(starts, results):
+        for start, (batch_values, batch_errors, batch_outputs, batch_wide) in zip(starts, results):
             if threshold is not None:  # None: measure only (the self-check)
                 _check_additivity(batch_errors, start, threshold)
             values.append(batch_values)
             errors.append(batch_errors)
             explained.append(batch_outputs)
+            wide.append(batch_wide)
             bar.update(len(batch_errors))
     attributions = [plan.per_source(i, np.concatenate([v[i] for v in values])) for i in range(len(xs))]
     notes.extend(plan.approximate_note(explainer))
+    redone = np.flatnonzero(np.concatenate(wide))
+    if redone.size:
+        notes.append(f"row(s) {_listed(redone)} explained in float64: in float32 the model's rounding left their "
+                     f"attributions further than {threshold:g} from adding up")
     return Explanation(attributions, float(np.concatenate(errors).max()), time.perf_counter() - started, len(xs[0]),
                        plan.explained_names(), notes, np.concatenate(explained))
 
@@ -320,24 +327,44 @@ class _Batch:
     context: tuple[np.ndarray, ...]
     references: tuple[np.ndarray, ...] | None = None
 
+    def rows(self, index: np.ndarray, dtype: np.dtype) -> _Batch:
+        """The rows at ``index``, their float arrays as ``dtype``."""
+        def take(arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+            return tuple(_as_float(np.asarray(a)[index], dtype) for a in arrays)
+
+        return _Batch(take(self.xs), take(self.context), None if self.references is None else take(self.references))
+
+
+def _as_float(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    return array.astype(dtype) if np.issubdtype(array.dtype, np.floating) else array
+
 
 class BatchExplainer:
     """One model with its explainer and shared background (or none: each row then brings its
     references), ready to explain batch after batch.
 
-    Call it with a :class:`_Batch`; it returns the attributions (one float32 array per
-    explained input, ``shape + (k,)``), each row's relative additivity error, and the
-    outputs explained per row (``[rows, k]``). The exact engine takes every row, reference
-    and output of a batch at once (see :mod:`rewriter.engine`); for shap and Captum, rows
-    that share their context and references are explained together, the context bound to
-    the module (``ExplainableModule.with_context``).
+    Call it with a :class:`_Batch`; it returns the attributions (one array per explained
+    input, ``shape + (k,)``), each row's relative additivity error, the outputs explained
+    per row (``[rows, k]``), and which rows were explained in float64: with a
+    ``threshold``, a float32 model's rows that miss it are explained again by a float64 copy
+    of the model and take that result (as float64) where it adds up better. Exact rules are
+    exact in real numbers; a model whose output hangs on a tiny difference, such as a
+    normalisation of a near-zero reference, needs more digits than float32 keeps. The
+    exact engine takes every row, reference and output of a batch at once (see
+    :mod:`rewriter.engine`); for shap and Captum, rows that share their context and
+    references are explained together, the context bound to the module
+    (``ExplainableModule.with_context``).
     """
 
     def __init__(self, model: ExplainableModule, background: Sequence[np.ndarray] | None, *,
                  explainer: Explainer = "exact", device: str = "cpu", output: int | None = None,
                  outputs: Sequence[int] | None = None, top_k: int | None = None,
-                 memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, threshold: float | None = None) -> None:
         self.device = _device(device)
+        self.settings = {"explainer": explainer, "device": device, "output": output, "outputs": outputs,
+                         "top_k": top_k, "memory_budget": memory_budget}
+        self.threshold = threshold
+        self._wide: BatchExplainer | None = None
         self.model = model.to(self.device).eval()
         self.output = output
         self.explainer = explainer
@@ -348,7 +375,34 @@ class BatchExplainer:
             if explainer == "exact" else None
         self._engines: dict = {}
 
-    def __call__(self, batch: _Batch) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    def __call__(self, batch: _Batch) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+        values, errors, selected = self._attribute(batch)
+        wide = np.zeros(len(errors), dtype=bool)
+        missed = np.flatnonzero(errors > self.threshold) if self.threshold is not None else np.array([], int)
+        if missed.size and np.asarray(batch.xs[0]).dtype == np.float32:
+            try:
+                again, again_errors, _ = self._in_float64()._attribute(batch.rows(missed, np.float64),
+                                                                       torch.as_tensor(selected[missed]))
+            except RuntimeError:  # an op of the graph that holds float32 (a cast): float32 stands
+                return values, errors, selected, wide
+            better = again_errors < errors[missed]
+            if better.any():  # float32 would round the float64 values away again
+                values = [v.astype(np.float64) for v in values]
+            for mine, theirs in zip(values, again):
+                mine[missed[better]] = theirs[better]
+            errors[missed[better]] = again_errors[better]
+            wide[missed[better]] = True
+        return values, errors, selected, wide
+
+    def _in_float64(self) -> BatchExplainer:
+        if self._wide is None:
+            background = None if self.background is None else [_as_float(b.cpu().numpy(), np.float64)
+                                                                for b in self.background]
+            self._wide = BatchExplainer(copy.deepcopy(self.model).double(), background, **self.settings)
+        return self._wide
+
+    def _attribute(self, batch: _Batch, selected: torch.Tensor | None = None
+                   ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
         xs = tuple(torch.as_tensor(x, device=self.device) for x in batch.xs)
         context = tuple(torch.as_tensor(c, device=self.device) for c in batch.context)
         per_row = None if batch.references is None else tuple(torch.as_tensor(r, device=self.device)
@@ -356,7 +410,7 @@ class BatchExplainer:
         view = OutputView(self.model, self.output)
         with GATE.run(), torch.no_grad():
             outputs = view(*xs, *context)
-            selected = self._selected(outputs)
+            selected = self._selected(outputs) if selected is None else selected
             reference_outputs = self._reference_outputs(view, len(xs[0]), context, per_row)
         if self.exact is not None:
             references = self.background if per_row is None else tuple(r.unsqueeze(1) for r in per_row)
@@ -365,6 +419,7 @@ class BatchExplainer:
         else:
             values = [v[np.arange(len(v))[:, None], ..., selected.cpu().numpy()].transpose(
                 0, *range(2, v.ndim), 1) for v in self._by_explainer(xs, context, per_row)]
+        values = [np.asarray(v, dtype=np.float64 if xs[0].dtype == torch.float64 else np.float32) for v in values]
         taken = selected.to(outputs.device)
         errors = additivity_errors(values, outputs.gather(1, taken).cpu().numpy(),
                                    reference_outputs.gather(2, taken.unsqueeze(1).expand(
@@ -441,7 +496,7 @@ class BatchExplainer:
                 self._engines[key] = engine
         values = engine.shap_values(_unwrap(xs), check_additivity=False)
         drop_shap_leftovers(view)
-        return [np.asarray(v, dtype=np.float32) for v in (values if len(xs) > 1 else [values])]
+        return list(values) if len(xs) > 1 else [values]
 
     def _captum(self, view: nn.Module, xs, references) -> list[np.ndarray]:
         from captum.attr import DeepLift, DeepLiftShap
@@ -451,8 +506,7 @@ class BatchExplainer:
         with torch.no_grad():
             n_outputs = view(*(x[:1] for x in xs)).shape[1]
         per_target = [engine.attribute(xs, baselines=references, target=k) for k in range(n_outputs)]
-        return [np.stack([t[i].detach().cpu().numpy() for t in per_target], axis=-1).astype(np.float32)
-                for i in range(len(xs))]
+        return [np.stack([t[i].detach().cpu().numpy() for t in per_target], axis=-1) for i in range(len(xs))]
 
 
 def _check_alike(names: list[str], rows: list[np.ndarray], background: list[np.ndarray]) -> None:
@@ -471,6 +525,11 @@ def _check_model_runs(model: ExplainableModule, xs, context, references, output:
     with GATE.run(), torch.no_grad():
         for rows in (xs, references):
             view(*(torch.as_tensor(r[:1], device=where) for r in rows))
+
+
+def _listed(rows: np.ndarray, most: int = 10) -> str:
+    shown = ", ".join(str(r) for r in rows[:most])
+    return f"[{shown}{f', ... ({len(rows)} in all)' if len(rows) > most else ''}]"
 
 
 def _check_additivity(errors: np.ndarray, start: int, threshold: float) -> None:
@@ -513,7 +572,7 @@ class _RayWorker:
     def __init__(self, settings: dict) -> None:
         self.settings, self.explain = settings, None
 
-    def run(self, shared: list, batch: _Batch) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    def run(self, shared: list, batch: _Batch) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
         if self.explain is None:
             import ray
 
@@ -526,7 +585,7 @@ class _RayWorker:
 
 def _on_ray(model: ExplainableModule, background: tuple[np.ndarray, ...] | None, settings: dict,
             batches: list[_Batch], address: str | None,
-            workers: int | None) -> Iterator[tuple[list[np.ndarray], np.ndarray, np.ndarray]]:
+            workers: int | None) -> Iterator[tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]]:
     try:
         import ray
         from ray.util import ActorPool

@@ -36,7 +36,7 @@ def keeps_meaning_when_batch_moves(module: nn.Module, axis: int, rank: int) -> b
     unless that axis is the last."""
     if isinstance(module, (*TORCH_ELEMENTWISE, Elementwise)):
         return True
-    return isinstance(module, (Standardize, ExactSoftmax)) and axis < rank - 1
+    return getattr(module, "over_last_axis", False) and axis < rank - 1
 
 
 class Elementwise(nn.Module):
@@ -193,6 +193,7 @@ class ExactRule(nn.Module):
     """
 
     report_kind: str
+    over_last_axis = False  # the op works over its input's last axis alone (normalisation, softmax)
 
     def deeplift_multipliers(self, x: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -257,45 +258,6 @@ class ShapleyProduct(ExactRule):
         return f"{op}, a={self.shape_a}, b={self.shape_b}"
 
 
-class Standardize(ExactRule):
-    """``(x - mean(x)) / sqrt(var(x) + eps)`` over the last dim, as one fused kernel.
-
-    Its rule gives the multipliers of the exact decomposition (centring: linear; square and
-    ``(v + eps)^-1/2``: rescale; ``c * r``: Shapley product) in closed form, so explanation
-    is exact while the forward pass stays one ``layer_norm`` call.
-    """
-
-    report_kind = "normalization"
-
-    def __init__(self, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, x.shape[-1:], None, None, self.eps)
-
-    def deeplift_multipliers(self, x: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
-        x = x.detach()
-        centered = x - x.mean(-1, keepdim=True)
-        variance = centered.square().mean(-1, keepdim=True)
-        inverse_std = (variance + self.eps).rsqrt()
-        half = x.shape[0] // 2
-        delta_v = torch.cat([variance[:half] - variance[half:]] * 2)
-        delta_r = torch.cat([inverse_std[:half] - inverse_std[half:]] * 2)
-        mean_v = _pair_mean(variance)
-        # Rescale multiplier of (v + eps)^-1/2; its derivative where v barely changes.
-        m_r = torch.where(delta_v.abs() < 1e-6, -0.5 * (mean_v + self.eps) ** -1.5, delta_r / delta_v)
-        m_r = torch.nan_to_num(m_r, nan=0.0, posinf=0.0, neginf=0.0)  # eps 0 and a constant row: nothing changed
-        c_bar, r_bar = _pair_mean(centered), _pair_mean(inverse_std)
-        grad_r = (grad_output * c_bar).sum(-1, keepdim=True)
-        # Square's rescale multiplier is c + c' = 2 * c_bar; the variance is a mean.
-        grad_c = grad_output * r_bar + grad_r * m_r * 2 * c_bar / x.shape[-1]
-        return grad_c - grad_c.mean(-1, keepdim=True)
-
-    def extra_repr(self) -> str:
-        return f"eps={self.eps}"
-
-
 class ExactSoftmax(ExactRule):
     """Softmax over the last dim, with the multipliers of its exact decomposition as its rule.
 
@@ -312,6 +274,7 @@ class ExactSoftmax(ExactRule):
     """
 
     report_kind = "softmax"
+    over_last_axis = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(x, -1)

@@ -29,7 +29,9 @@ from explain import (
 from torch import nn
 
 from rewriter import rewrite
-from rewriter.modules import ShapleyProduct, Standardize
+from rewriter.modules import ShapleyProduct
+from rewriter.ops.rms_norm import RMSNorm
+from rewriter.ops.standardize import Standardize
 
 EXACT = 1e-4
 IMAGE = (3, 16, 16)
@@ -41,7 +43,7 @@ MODELS = {
     "squeeze_excite": (lambda: SqueezeExciteNet(), IMAGE, "shapley_products"),
     "gated_mlp": (lambda: GatedMLP(), (6,), "shapley_products"),
     "layernorm": (lambda: LayerNormBlock(), (6,), "decompose_normalization"),
-    "rmsnorm": (lambda: RMSNormBlock(), (6,), "shapley_products"),
+    "rmsnorm": (lambda: RMSNormBlock(), (6,), "fuse_custom_ops"),
     "groupnorm": (lambda: GroupNormBlock(), IMAGE, "decompose_normalization"),
     "transformer_mha": (lambda: MultiheadEncoder(), (5, 4), "shapley_products"),
     "sdpa": (lambda: SDPAttention(), (5, 8), "shapley_products"),
@@ -127,8 +129,10 @@ def test_ordinary_gradients_outside_explanation(case):
 def test_products_and_norms_become_rule_modules(case):
     name, _, _, rewritten, _ = case
     kinds = {type(m) for m in rewritten.modules()}
-    if name in ("squeeze_excite", "gated_mlp", "transformer_mha", "sdpa", "rmsnorm"):
+    if name in ("squeeze_excite", "gated_mlp", "transformer_mha", "sdpa"):
         assert ShapleyProduct in kinds
+    if name == "rmsnorm":  # both its written-out form and nn.RMSNorm
+        assert sum(isinstance(m, RMSNorm) for m in rewritten.modules()) == 2
     if name in ("layernorm", "groupnorm", "convnext", "transformer_mha"):
         assert Standardize in kinds and not {nn.LayerNorm, nn.GroupNorm} & kinds
 

@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import functional, modules
-from ..passes.graph import DOMAIN
+from .. import functional
 from ..passes.normalization import group_scale_repeats
 from . import converter, layer
 
@@ -225,11 +224,6 @@ def group_norm(ctx):
         scale, bias = scale.repeat_interleave(repeats), bias.repeat_interleave(repeats)
     return ctx.module(layer(nn.GroupNorm, groups, channels, eps=ctx.attr("epsilon", 1e-5), dtype=scale.dtype,
                             weights={"weight": scale, "bias": bias}), ctx.input(0))
-
-
-@converter(f"{DOMAIN}.Standardize")
-def standardize(ctx):
-    return ctx.module(modules.Standardize(ctx.attr("epsilon", 1e-5)), ctx.input(0))
 
 
 _GRID_MODES = {"linear": "bilinear", "bilinear": "bilinear", "nearest": "nearest", "cubic": "bicubic",

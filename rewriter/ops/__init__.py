@@ -58,6 +58,6 @@ def register(op: CustomOp) -> CustomOp:
 
 def load() -> dict[str, CustomOp]:
     """The registry, every op file imported."""
-    from . import sparsemax  # noqa: F401
+    from . import rms_norm, sparsemax, standardize  # noqa: F401
 
     return OPS

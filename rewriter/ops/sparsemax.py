@@ -79,6 +79,7 @@ class Sparsemax(ExactRule):
     module notes)."""
 
     report_kind = "sparsemax"
+    over_last_axis = True
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return sparsemax(z)
