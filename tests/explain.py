@@ -61,3 +61,31 @@ def assert_engine_matches_the_explainers(module, background, inputs, rtol: float
         for engine, other in zip(found["exact"].attributions, found[name].attributions):
             scale = max(float(np.abs(other).max()), 1e-12)
             assert np.abs(engine - other).max() <= rtol * scale, (name, np.abs(engine - other).max(), scale)
+
+
+def numeric_path_average_vjp(function, start, end, grad, steps: int = 4001):
+    """``J̄ᵀ g`` for ``function`` by brute force: its vector-Jacobian product at ``steps``
+    points of the straight path from ``start`` to ``end`` (midpoints), averaged. In float64;
+    the reference a path rule is checked against."""
+    import torch
+
+    start, end, grad = start.double(), end.double(), grad.double()
+    total = torch.zeros_like(start)
+    for t in (torch.arange(steps, dtype=torch.float64) + 0.5) / steps:
+        point = (start + t * (end - start)).requires_grad_()
+        (vjp,) = torch.autograd.grad(function(point), point, grad)
+        total += vjp
+    return total / steps
+
+
+def assert_complete(multipliers, start, end, grad, function, rtol: float = 1e-9) -> None:
+    """``Σ m Δx = g·Δy`` along the last dim: the rule credits exactly the output's change (to
+    ``rtol`` of it, or float64 rounding of the outputs themselves where the change is tiny)."""
+    import torch
+
+    terms = multipliers.double() * (end.double() - start.double())
+    output = function(end.double())
+    changed = (grad.double() * (output - function(start.double()))).sum(-1)
+    rounding = 1e-13 * float((grad.double().abs() * output.abs()).sum(-1).max() + terms.abs().sum(-1).max())
+    credited = terms.sum(-1)
+    torch.testing.assert_close(credited, changed, rtol=rtol, atol=rtol * float(changed.abs().max()) + rounding)

@@ -155,12 +155,16 @@ def _match(graph: gs.Graph, node: gs.Node) -> list[str] | None:
     it, largest first) and a cumulative sum of its values: one Sparsemax of ``z``."""
     from ..passes.graph import scalar_value
 
-    clamped_at_zero = node.op == "Relu" or (
-        node.op == "Clip" and len(node.inputs) >= 2 and scalar_value(node.inputs[1]) == 0.0
-        and (len(node.inputs) < 3 or not node.inputs[2].name))
-    if not clamped_at_zero or not node.inputs[0].inputs or node.inputs[0].inputs[0].op != "Sub":
+    if node.op == "Max" and len(node.inputs) == 2 and scalar_value(node.inputs[0]) == 0.0:
+        clamped = node.inputs[1]  # torch.clamp(·, min=0) from the dynamo exporter
+    elif node.op == "Max" and len(node.inputs) == 2 and scalar_value(node.inputs[1]) == 0.0 or node.op == "Relu" or (node.op == "Clip" and len(node.inputs) >= 2 and scalar_value(node.inputs[1]) == 0.0
+                               and (len(node.inputs) < 3 or not node.inputs[2].name)):
+        clamped = node.inputs[0]
+    else:
         return None
-    sub = node.inputs[0].inputs[0]
+    if not clamped.inputs or clamped.inputs[0].op != "Sub":
+        return None
+    sub = clamped.inputs[0]
     z, tau = sub.inputs
     above = _ancestors(tau)
     sorts = [n for n in above if n.op == "TopK" and n.inputs[0] is z and n.attrs.get("largest", 1) == 1]
