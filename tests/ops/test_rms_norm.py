@@ -45,7 +45,7 @@ def test_the_rule_is_the_path_average_of_the_jacobian(name):
     start, end = _pairs()[name]
     grad = torch.linspace(-1, 1, N, dtype=torch.float64)
     for eps in (1e-2, 1.0, 100.0):
-        want = numeric_path_average_vjp(lambda p: rms_norm(p, eps), start, end, grad)
+        want = numeric_path_average_vjp(lambda p, eps=eps: rms_norm(p, eps), start, end, grad)
         torch.testing.assert_close(path_average_vjp(start, end, grad, eps), want, rtol=1e-5, atol=1e-7)
 
 
