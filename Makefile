@@ -14,7 +14,7 @@ NEWEST_VENV ?= $(HOME)/.cache/shaprewrite/venv-newest
 NEWEST_STAMP := $(NEWEST_VENV)/.installed-stamp
 NEWEST_TESTS := tests/test_architectures.py tests/test_exactness.py tests/test_families.py tests/test_recurrent.py \
 	tests/test_batch_axis.py tests/test_interface.py tests/test_text_models.py tests/test_spectral.py \
-	tests/test_rule_edges.py tests/test_libraries.py
+	tests/test_rule_edges.py tests/test_libraries.py tests/ops
 PYTEST := -m pytest -q -n 2 --dist loadfile
 
 .PHONY: install test test-newest demo lint bench clean

@@ -133,6 +133,7 @@ EXTRA = {
     "rnn": _recurrent("RNN", 1),
     **{f"ours_{op.lower()}": _ours(op) for op in ("GeluErf", "GeluTanh", "HardSwish", "Mish", "Silu")},
     "ours_standardize": _ours("Standardize", epsilon=1e-5),
+    "ours_rms_norm": _ours("RMSNorm", epsilon=1e-6),
     "ours_sparsemax": _ours("Sparsemax", ((6,),)),
     "ours_shapley_mul": _ours("ShapleyMul", ((4,), (4,))),
     "ours_shapley_matmul": _ours("ShapleyMatMul", ((2, 3), (3, 4))),
