@@ -27,31 +27,31 @@ def _explained_exactly(module, rows, background) -> None:
                                atol=1e-4 * scale)
 
 
-@pytest.fixture(scope="module")
-def tabnet():
+@pytest.fixture(scope="module", params=["sparsemax", "entmax"])
+def tabnet(request):
     pytest.importorskip("pytorch_tabnet")
     from pytorch_tabnet.tab_model import TabNetClassifier
 
     rng = np.random.default_rng(0)
     features = rng.normal(size=(64, 6)).astype(np.float32)
     labels = (features[:, 0] + features[:, 3] > 0).astype(int)
-    classifier = TabNetClassifier(n_d=4, n_a=4, n_steps=2, mask_type="sparsemax", seed=0, verbose=0)
+    classifier = TabNetClassifier(n_d=4, n_a=4, n_steps=2, mask_type=request.param, seed=0, verbose=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         classifier.fit(features, labels, max_epochs=2, batch_size=32, virtual_batch_size=16)
-    return classifier.network.eval(), features
+    return classifier.network.eval(), features, {"sparsemax": "Sparsemax", "entmax": "Entmax15"}[request.param]
 
 
-def test_tabnet_returns_its_logits_with_sparsemax_attention_exact(tabnet):
+def test_tabnet_returns_its_logits_with_sparse_attention_exact(tabnet):
     """TabNet's forward returns ``(logits, M_loss)``; its attentive transformer selects
-    features with sparsemax, which comes out as one module with an exact rule."""
-    network, features = tabnet
+    features with sparsemax or entmax-1.5, each coming out as one module with an exact rule."""
+    network, features, selector = tabnet
     x = torch.from_numpy(features[:8])
     module, report = rewrite(network, x, report=True)
     document = report.as_dict()
     assert document["exact"], document["not_exact_because"]
     assert document["interface"]["outputs"]["kept"] == ["0"]
-    assert sum(entry.get("module") == "Sparsemax" for entry in document["nodes"]) == 2  # one per step
+    assert sum(entry.get("module") == selector for entry in document["nodes"]) == 2  # one per step
     with torch.no_grad():
         torch.testing.assert_close(module(torch.from_numpy(features[8:20])), network(torch.from_numpy(features[8:20]))[0])
     _explained_exactly(module, features[:6], features[20:30])

@@ -15,7 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
+import torch
+from onnx import helper
 
 DOMAIN = "shaprewrite"
 
@@ -58,6 +62,93 @@ def register(op: CustomOp) -> CustomOp:
 
 def load() -> dict[str, CustomOp]:
     """The registry, every op file imported."""
-    from . import rms_norm, sparsemax, standardize  # noqa: F401
+    from . import entmax, rms_norm, sparsemax, standardize  # noqa: F401
 
     return OPS
+
+
+# -- pieces of function bodies
+
+
+def reduce_last(opset: int, op: str, source: str, out: str) -> onnx.NodeProto:
+    """``op`` (a Reduce*) over the last axis, kept; the body must hold a Constant ``last`` = [-1]."""
+    if opset >= 18 or op == "ReduceSum":
+        return helper.make_node(op, [source, "last"], [out], keepdims=1)
+    return helper.make_node(op, [source], [out], axes=[-1], keepdims=1)
+
+
+def sorted_with_ranks(opset: int, source: str) -> list[onnx.NodeProto]:
+    """``ordered`` (``source`` sorted largest first over the last axis) and ``ranks`` (1, 2, ...
+    n, in ``X``'s type); the body must hold ``last`` = [-1] and ``one`` (1 in ``X``'s type)."""
+    return [
+        helper.make_node("Shape", [source], ["shape"]),
+        helper.make_node("Gather", ["shape", "last"], ["n"], axis=0),
+        helper.make_node("TopK", [source, "n"], ["ordered", "order"], axis=-1, largest=1, sorted=1),
+        helper.make_node("Squeeze", ["n", "last"] if opset >= 13 else ["n"], ["n_scalar"],
+                         **({} if opset >= 13 else {"axes": [0]})),
+        helper.make_node("Constant", [], ["zero_i"], value_int=0),
+        helper.make_node("Constant", [], ["step"], value_int=1),
+        helper.make_node("Range", ["zero_i", "n_scalar", "step"], ["ranks_from_0"]),
+        helper.make_node("CastLike", ["ranks_from_0", "X"], ["ranks_0"]),
+        helper.make_node("Add", ["ranks_0", "one"], ["ranks"]),
+        helper.make_node("Constant", [], ["axis"], value_int=-1),
+    ]
+
+
+# -- matching
+
+
+def computes(graph: gs.Graph, source: gs.Variable, result: gs.Tensor,
+             function: Callable[[torch.Tensor], torch.Tensor]) -> bool:
+    """Whether the nodes between ``source`` and ``result`` compute ``function`` of it, run by
+    onnxruntime on random values (a structure that looks like an op's
+    algorithm may be another op's: TabNet's entmax sorts and sums as sparsemax does). False
+    where anything but constants feeds them besides ``source``."""
+    from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+
+    from ..passes.weights import ort_session
+
+    shape = [d if isinstance(d, int) and d > 0 else 3 for d in (source.shape or [])]
+    if not shape or source.dtype != np.float32:
+        return False
+    nodes, constants = _computing(result, source)
+    if nodes is None:
+        return False
+    values = np.random.default_rng(0).normal(scale=2.0, size=shape).astype(np.float32)
+    try:
+        model = helper.make_model(helper.make_graph(
+            [OnnxExporter.export_node(node) for node in nodes], "piece",
+            [helper.make_tensor_value_info(source.name, onnx.TensorProto.FLOAT, None)],
+            [helper.make_tensor_value_info(result.name, onnx.TensorProto.FLOAT, None)],
+            [OnnxExporter.export_tensor_proto(c) for c in constants]),
+            opset_imports=[helper.make_opsetid("", graph.opset)])
+        (got,) = ort_session(model).run(None, {source.name: values})
+    except Exception:  # noqa: BLE001  (a piece onnxruntime refuses: no match)
+        return False
+    want = function(torch.from_numpy(values).double()).numpy()
+    return got.shape == want.shape and bool(np.allclose(got, want, rtol=1e-4, atol=1e-5))
+
+
+def _computing(result: gs.Tensor, source: gs.Tensor, most: int = 200
+               ) -> tuple[list[gs.Node] | None, list[gs.Constant]]:
+    """The nodes from ``source`` to ``result`` in order, and the constants they read; None
+    where another value feeds them (or they are more than ``most``)."""
+    nodes, constants, done = [], {}, set()
+
+    def visit(tensor: gs.Tensor) -> bool:
+        if tensor is source or not tensor.name or tensor.name in done:
+            return True
+        done.add(tensor.name)
+        if isinstance(tensor, gs.Constant):
+            constants[tensor.name] = tensor
+            return True
+        if len(tensor.inputs) != 1 or len(nodes) >= most:
+            return False
+        node = tensor.inputs[0]
+        if not all(visit(t) for t in node.inputs):
+            return False
+        if all(node is not n for n in nodes):
+            nodes.append(node)
+        return True
+
+    return (nodes if visit(result) else None), list(constants.values())

@@ -30,7 +30,7 @@ import torch
 from onnx import helper
 
 from ..modules import ExactRule
-from . import DOMAIN, CustomOp, register
+from . import DOMAIN, CustomOp, reduce_last, register
 
 # Gauss-Legendre on [0, 1]: exact to float64 rounding where s has no zero within 2 of the
 # path (its complex roots are t₀ ± i√(s₀/a)); nearer, the closed form is used.
@@ -141,16 +141,9 @@ def epsilon_constant() -> onnx.NodeProto:
     return node
 
 
-def mean_last(opset: int, source: str, out: str) -> onnx.NodeProto:
-    """ReduceMean over the last axis (a Constant ``last`` holding ``[-1]`` must be in the body)."""
-    if opset >= 18:
-        return helper.make_node("ReduceMean", [source, "last"], [out], keepdims=1)
-    return helper.make_node("ReduceMean", [source], [out], axes=[-1], keepdims=1)
-
-
 def _body(opset: int) -> list[onnx.NodeProto]:
     return [helper.make_node("Constant", [], ["last"], value_ints=[-1]),
-            helper.make_node("Mul", ["X", "X"], ["sq"]), mean_last(opset, "sq", "ms"), epsilon_constant(),
+            helper.make_node("Mul", ["X", "X"], ["sq"]), reduce_last(opset, "ReduceMean", "sq", "ms"), epsilon_constant(),
             helper.make_node("CastLike", ["eps_f", "X"], ["eps"]), helper.make_node("Add", ["ms", "eps"], ["se"]),
             helper.make_node("Sqrt", ["se"], ["root"]), helper.make_node("Div", ["X", "root"], ["Y"])]
 

@@ -23,7 +23,7 @@ import torch
 from onnx import helper
 
 from ..modules import ExactRule
-from . import DOMAIN, CustomOp, register
+from . import DOMAIN, CustomOp, computes, reduce_last, register, sorted_with_ranks
 
 
 def sparsemax(z: torch.Tensor) -> torch.Tensor:
@@ -96,33 +96,18 @@ class Sparsemax(ExactRule):
 def _body(opset: int) -> list[onnx.NodeProto]:
     """Sparsemax over the last axis in standard ops: sort, cumulative sum, the support's
     size, the threshold, a clamp at 0."""
-    def reduce(op: str, source: str, out: str) -> onnx.NodeProto:
-        if opset >= 18 or op == "ReduceSum":
-            return helper.make_node(op, [source, "last"], [out], keepdims=1)
-        return helper.make_node(op, [source], [out], axes=[-1], keepdims=1)
-
     return [
         helper.make_node("Constant", [], ["last"], value_ints=[-1]),
         helper.make_node("Constant", [], ["one_i"], value_ints=[1]),
         helper.make_node("Constant", [], ["one_f"], value_float=1.0),
         helper.make_node("CastLike", ["one_f", "X"], ["one"]),
-        helper.make_node("Shape", ["X"], ["shape"]),
-        helper.make_node("Gather", ["shape", "last"], ["n"], axis=0),
-        helper.make_node("TopK", ["X", "n"], ["ordered", "order"], axis=-1, largest=1, sorted=1),
-        helper.make_node("Constant", [], ["axis"], value_int=-1),
+        *sorted_with_ranks(opset, "X"),
         helper.make_node("CumSum", ["ordered", "axis"], ["cumulative"]),
-        helper.make_node("Squeeze", ["n", "last"] if opset >= 13 else ["n"], ["n_scalar"],
-                         **({} if opset >= 13 else {"axes": [0]})),
-        helper.make_node("Constant", [], ["zero_i"], value_int=0),
-        helper.make_node("Constant", [], ["step"], value_int=1),
-        helper.make_node("Range", ["zero_i", "n_scalar", "step"], ["ks_from_0"]),
-        helper.make_node("CastLike", ["ks_from_0", "X"], ["ks_0"]),
-        helper.make_node("Add", ["ks_0", "one"], ["ks"]),
-        helper.make_node("Mul", ["ks", "ordered"], ["k_times"]),
+        helper.make_node("Mul", ["ranks", "ordered"], ["k_times"]),
         helper.make_node("Add", ["k_times", "one"], ["bound"]),
         helper.make_node("Greater", ["bound", "cumulative"], ["in_support"]),
         helper.make_node("CastLike", ["in_support", "X"], ["in_support_f"]),
-        reduce("ReduceSum", "in_support_f", "size"),
+        reduce_last(opset, "ReduceSum", "in_support_f", "size"),
         helper.make_node("Cast", ["size"], ["size_i"], to=onnx.TensorProto.INT64),
         helper.make_node("Sub", ["size_i", "one_i"], ["last_kept"]),
         helper.make_node("GatherElements", ["cumulative", "last_kept"], ["kept_sum"], axis=-1),
@@ -150,29 +135,42 @@ def _ancestors(tensor: gs.Tensor, limit: int = 40) -> list[gs.Node]:
     return found
 
 
-def _match(graph: gs.Graph, node: gs.Node) -> list[str] | None:
-    """``clamp(z - τ, 0)`` where ``τ`` is computed from ``TopK(z)`` (over the last axis, all of
-    it, largest first) and a cumulative sum of its values: one Sparsemax of ``z``."""
+def clamped_at_zero(node: gs.Node) -> gs.Tensor | None:
+    """What ``node`` clamps at 0 (``Relu``, ``Clip(·, 0)``, ``Max(·, 0)``), if it does."""
     from ..passes.graph import scalar_value
 
-    if node.op == "Max" and len(node.inputs) == 2 and scalar_value(node.inputs[0]) == 0.0:
-        clamped = node.inputs[1]  # torch.clamp(·, min=0) from the dynamo exporter
-    elif node.op == "Max" and len(node.inputs) == 2 and scalar_value(node.inputs[1]) == 0.0 or node.op == "Relu" or (node.op == "Clip" and len(node.inputs) >= 2 and scalar_value(node.inputs[1]) == 0.0
-                               and (len(node.inputs) < 3 or not node.inputs[2].name)):
-        clamped = node.inputs[0]
-    else:
+    if node.op == "Relu":
+        return node.inputs[0]
+    if node.op == "Clip" and len(node.inputs) >= 2 and scalar_value(node.inputs[1]) == 0.0 and (
+            len(node.inputs) < 3 or not node.inputs[2].name):
+        return node.inputs[0]
+    if node.op == "Max" and len(node.inputs) == 2:  # torch.clamp(·, min=0) from the dynamo exporter
+        for value, bound in ((node.inputs[0], node.inputs[1]), (node.inputs[1], node.inputs[0])):
+            if scalar_value(bound) == 0.0:
+                return value
+    return None
+
+
+def sorted_threshold(node: gs.Node) -> gs.Variable | None:
+    """``z`` where ``node`` computes ``clamp(z - τ, 0)`` with ``τ`` from ``TopK(z)`` over the last
+    axis (all of it, largest first) and a cumulative sum: the shape of sparsemax's and
+    entmax's sorting algorithms."""
+    clamped = clamped_at_zero(node)
+    if clamped is None or len(clamped.inputs) != 1 or clamped.inputs[0].op != "Sub":
         return None
-    if not clamped.inputs or clamped.inputs[0].op != "Sub":
-        return None
-    sub = clamped.inputs[0]
-    z, tau = sub.inputs
+    z, tau = clamped.inputs[0].inputs
     above = _ancestors(tau)
     sorts = [n for n in above if n.op == "TopK" and n.inputs[0] is z and n.attrs.get("largest", 1) == 1]
     if not sorts or not any(n.op == "CumSum" and sorts[0].outputs[0] in _values_behind(n) for n in above):
         return None
-    axis = sorts[0].attrs.get("axis", -1)
     rank = len(z.shape) if z.shape is not None else None
-    if rank is None or axis not in (-1, rank - 1):
+    return z if rank is not None and sorts[0].attrs.get("axis", -1) in (-1, rank - 1) else None
+
+
+def _match(graph: gs.Graph, node: gs.Node) -> list[str] | None:
+    """``clamp(z - τ, 0)`` computed by sorting that is sparsemax of ``z``: one Sparsemax."""
+    z = sorted_threshold(node)
+    if z is None or not computes(graph, z, node.outputs[0], sparsemax):
         return None
     output = node.outputs[0]
     node.outputs.clear()

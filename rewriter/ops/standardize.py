@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from onnx import helper
 
 from ..modules import ExactRule
-from . import CustomOp, register
-from .rms_norm import epsilon_constant, mean_last, pair_vjp
+from . import CustomOp, reduce_last, register
+from .rms_norm import epsilon_constant, pair_vjp
 
 
 class Standardize(ExactRule):
@@ -42,9 +42,9 @@ class Standardize(ExactRule):
 
 
 def _body(opset: int) -> list[onnx.NodeProto]:
-    return [helper.make_node("Constant", [], ["last"], value_ints=[-1]), mean_last(opset, "X", "mean"),
+    return [helper.make_node("Constant", [], ["last"], value_ints=[-1]), reduce_last(opset, "ReduceMean", "X", "mean"),
             helper.make_node("Sub", ["X", "mean"], ["c"]), helper.make_node("Mul", ["c", "c"], ["sq"]),
-            mean_last(opset, "sq", "var"), epsilon_constant(), helper.make_node("CastLike", ["eps_f", "X"], ["eps"]),
+            reduce_last(opset, "ReduceMean", "sq", "var"), epsilon_constant(), helper.make_node("CastLike", ["eps_f", "X"], ["eps"]),
             helper.make_node("Add", ["var", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["std"]),
             helper.make_node("Div", ["c", "std"], ["Y"])]
 
