@@ -39,6 +39,8 @@ test: install
 	$(BIN)/python $(PYTEST)
 
 test-newest: $(NEWEST_STAMP)
+	@# The cached venv is shared by every clone: point its editable install at this one.
+	PIP_CONSTRAINT=/dev/null $(NEWEST_VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@$(NEWEST_VENV)/bin/python -c "import torch; print('newest-torch leg: torch', torch.__version__)"
 	$(NEWEST_VENV)/bin/python $(PYTEST) $(NEWEST_TESTS)
 
