@@ -17,7 +17,7 @@ NEWEST_TESTS := tests/test_architectures.py tests/test_exactness.py tests/test_f
 	tests/test_rule_edges.py tests/test_libraries.py tests/ops
 PYTEST := -m pytest -q -n 2 --dist loadfile
 
-.PHONY: install test test-newest demo lint bench clean
+.PHONY: install test test-newest demo lint bench imports clean
 
 install: $(STAMP)
 
@@ -52,6 +52,9 @@ lint: install
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
+
+imports: install
+	$(BIN)/python tests/import_graph.py
 
 bench: install
 	$(BIN)/python benchmarks/exactness.py

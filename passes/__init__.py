@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from ..onnxkit.functions import attach_functions
+from ..onnxkit.graph import toposorted
+from ..onnxkit.shapes import refresh_shapes
+from ..onnxkit.weights import LightModel, export_light, import_light
 from .activations import decompose_activations, fuse_activations
 from .base import GraphPass, PassOptions, PassResult
 from .batch import make_batch_dynamic
@@ -9,16 +13,13 @@ from .cleanup import drop_identities, remove_dead_nodes
 from .constants import fold_constants, fold_large_constants
 from .custom_ops import fuse_custom_ops
 from .expand import expand_function_ops
-from .functions import attach_functions
-from .graph import toposorted
 from .guard import refuse_oversized_values
 from .loops import unroll_loops
 from .maxima import exact_maxima
 from .normalization import decompose_log_softmax, decompose_normalization
-from .precision import upcast_half_precision
+from .precision import half_precision_type, upcast_half_precision, upcast_model
 from .products import shapley_products
-from .shapes import measure_shapes, refresh_shapes
-from .weights import LightModel, export_light, import_light
+from .shapes import measure_shapes
 
 # The one list of passes, in the order they run.
 PIPELINE: list[GraphPass] = [
@@ -45,7 +46,7 @@ PIPELINE: list[GraphPass] = [
 def run_passes(source: LightModel, options: PassOptions | None = None,
                pipeline: list[GraphPass] | None = None) -> tuple[LightModel, list[PassResult]]:
     """Run ``pipeline`` (default :data:`PIPELINE`) over ``source``; return the new model and
-    each pass's result. Both keep their large weights apart (see :mod:`.weights`)."""
+    each pass's result. Both keep their large weights apart (see ``rewriter.onnxkit.weights``)."""
     options = options or PassOptions()
     model = source.proto
     graph = import_light(model, source.held)
@@ -69,4 +70,7 @@ def run_passes(source: LightModel, options: PassOptions | None = None,
     return light, results
 
 
-__all__ = ["PIPELINE", "LightModel", "PassOptions", "PassResult", "run_passes"]
+# What the rest of the project uses: the pipeline, and the passes it runs on their own (the
+# half-precision reference for ONNX files, the size guard on a saved model).
+__all__ = ["PIPELINE", "PassOptions", "PassResult", "half_precision_type", "refuse_oversized_values", "run_passes",
+           "upcast_model"]

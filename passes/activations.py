@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 
 from ..naming import fresh_name
-from .base import PassOptions, PassResult, replace_each
-from .graph import (
+from ..onnxkit.graph import (
     DOMAIN,
     Builder,
     const_value,
@@ -34,6 +33,7 @@ from .graph import (
     replace_output,
     scalar_value,
 )
+from .base import PassOptions, PassResult, replace_each
 
 # -- matching ----------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .graph import shared_names
+from ..onnxkit.graph import shared_names
 
 
 @dataclass(frozen=True)

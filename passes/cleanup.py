@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
+from ..onnxkit.graph import bypass, const_value, producer
 from .base import PassOptions, PassResult
-from .graph import bypass, const_value, producer
 
 _NEUTRAL = {"Mul": 1.0, "Div": 1.0, "Add": 0.0, "Sub": 0.0}
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
+from ..onnxkit.graph import shared_names
 from ..ops import load
 from .base import PassOptions, PassResult
-from .graph import shared_names
 
 
 def fuse_custom_ops(graph: gs.Graph, options: PassOptions) -> PassResult:

@@ -17,12 +17,12 @@ import onnx.inliner
 import onnx_graphsurgeon as gs
 
 from ..naming import fresh_name
+from ..onnxkit.facts import STANDARD_DOMAINS, opset_of
+from ..onnxkit.functions import attach_functions
+from ..onnxkit.weights import adopt, export_light
 from .activations import DECOMPOSED
 from .base import PassOptions, PassResult
-from .functions import attach_functions
-from .weights import adopt, export_light
 
-_STANDARD = ("", "ai.onnx")
 _EXPANDED = "shaprewrite.expanded"  # the domain of the bodies while they are inlined
 _CALL_SUFFIX = re.compile(r"__\d+$")  # the inliner's mark of which call a value belongs to
 
@@ -30,9 +30,11 @@ _CALL_SUFFIX = re.compile(r"__\d+$")  # the inliner's mark of which call a value
 def expand_function_ops(graph: gs.Graph, options: PassOptions) -> PassResult:
     """Replace each standard op that has no converter by the body ONNX defines for it
     (when it defines one); its nodes are named after the op they expand."""
-    from ..converters import CONVERTERS  # the converters import passes.graph: import on use
+    from ..converters import (
+        CONVERTERS,  # the converters import the ops, which import the passes: import on use
+    )
 
-    wanted = sorted({n.op for n in graph.nodes if (n.domain or "") in _STANDARD and n.op not in CONVERTERS
+    wanted = sorted({n.op for n in graph.nodes if (n.domain or "") in STANDARD_DOMAINS and n.op not in CONVERTERS
                      and n.op not in DECOMPOSED})
     result = PassResult("expand_function_ops")
     if not wanted:
@@ -40,7 +42,7 @@ def expand_function_ops(graph: gs.Graph, options: PassOptions) -> PassResult:
     light = export_light(graph)
     model = light.proto
     attach_functions(model)
-    calls = [n.name for n in model.graph.node if (n.domain or "") in _STANDARD and n.op_type in wanted]
+    calls = [n.name for n in model.graph.node if (n.domain or "") in STANDARD_DOMAINS and n.op_type in wanted]
     _spell_out_defaults(model, wanted)
     if not _call_bodies(model, wanted):
         return result
@@ -66,11 +68,11 @@ def _call_bodies(model: onnx.ModelProto, ops: list[str]) -> int:
     function holding that body (built for the node's attributes and input types where the
     body depends on them); how many. (ONNX's own inlining of schema bodies cannot type an
     optional input left out in the middle, as Attention's attn_mask often is.)"""
-    opset = next((o.version for o in model.opset_import if o.domain in _STANDARD), 1)
+    opset = opset_of(model)
     types = _types(model)
     count = 0
     for node in model.graph.node:
-        if (node.domain or "") not in _STANDARD or node.op_type not in ops:
+        if (node.domain or "") not in STANDARD_DOMAINS or node.op_type not in ops:
             continue
         body = _body(node, opset, types)
         if body is None:
@@ -113,9 +115,9 @@ def _spell_out_defaults(model: onnx.ModelProto, ops: list[str]) -> None:
     caller's attributes (``axes = @axes``), and the inliner drops a reference the caller
     does not set instead of taking the schema's default (MeanVarianceNormalization's
     axes)."""
-    opset = next((o.version for o in model.opset_import if o.domain in _STANDARD), 1)
+    opset = opset_of(model)
     for node in model.graph.node:
-        if (node.domain or "") not in _STANDARD or node.op_type not in ops:
+        if (node.domain or "") not in STANDARD_DOMAINS or node.op_type not in ops:
             continue
         try:
             schema = onnx.defs.get_schema(node.op_type, opset)

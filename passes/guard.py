@@ -14,9 +14,10 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import InputError
+from ..onnxkit.facts import dims_of
+from ..onnxkit.shapes import READ_BYTES, inferred_types, static_bytes
+from ..onnxkit.weights import export_light, light_copy
 from .base import PassOptions, PassResult
-from .shapes import READ_BYTES, inferred_types, static_bytes
-from .weights import export_light, light_copy
 
 
 def _with_input_sizes(model: onnx.ModelProto, sizes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
@@ -57,7 +58,7 @@ def refuse_oversized_values(graph: gs.Graph, options: PassOptions) -> PassResult
             total += size or 0
             largest = max(largest, (size or 0, node), key=lambda found: found[0])
             if size is not None and size > options.max_tensor_bytes:
-                dims = [d.dim_value for d in types[tensor.name].tensor_type.shape.dim]
+                dims = dims_of(types[tensor.name])
                 raise InputError(
                     f"the graph computes a tensor of shape {dims} ({size / 2**30:.1f} GiB), more than the "
                     f"{options.max_tensor_bytes / 2**30:g} GiB allowed", node=node.name, op_type=node.op,

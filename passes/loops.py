@@ -15,8 +15,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import ConversionError
+from ..onnxkit.graph import Builder, const_value, float_dtype
 from .base import PassOptions, PassResult
-from .graph import Builder, const_value, float_dtype
 
 
 def _loop_trip_count(node: gs.Node) -> int | None:

@@ -21,8 +21,7 @@ import math
 
 import onnx_graphsurgeon as gs
 
-from .base import PassOptions, PassResult, replace_each
-from .graph import (
+from ..onnxkit.graph import (
     DOMAIN,
     Builder,
     const_value,
@@ -31,6 +30,7 @@ from .graph import (
     replace_output,
     varying_tensors,
 )
+from .base import PassOptions, PassResult, replace_each
 
 
 def _tree(b: Builder, parts: list[gs.Tensor], suffix: str, combine) -> gs.Tensor:

@@ -16,8 +16,17 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..onnxkit.facts import group_scale_repeats
+from ..onnxkit.graph import (
+    DOMAIN,
+    Builder,
+    const_value,
+    float_dtype,
+    is_float,
+    replace_output,
+    softmax_axis,
+)
 from .base import PassOptions, PassResult, replace_each
-from .graph import DOMAIN, Builder, const_value, float_dtype, is_float, replace_output, softmax_axis
 
 
 def _normalize(b: Builder, x: gs.Tensor, axes: list[int], eps: float) -> gs.Tensor:
@@ -58,12 +67,6 @@ def _parameter(b: Builder, node: gs.Node, i: int, shape: list[int] | None, name:
         per_group = b.node("Reshape", [tensor, b.ints([-1, 1], f"{name}_column")], f"{name}_groups")
         tensor = b.node("Expand", [per_group, b.ints([1, repeats], f"{name}_repeats")], f"{name}_repeated")
     return b.node("Reshape", [tensor, b.ints(shape, f"{name}_shape")], f"{name}_shaped") if shape else tensor
-
-
-def group_scale_repeats(scales: int, channels: int, groups: int) -> int:
-    """How many channels each GroupNormalization scale and bias element covers: one per
-    channel since opset 21, one per group at opset 18."""
-    return 1 if scales == channels else channels // groups
 
 
 def _decompose_norm(graph: gs.Graph, node: gs.Node) -> list[str] | None:

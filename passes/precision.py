@@ -13,9 +13,9 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import TensorProto, numpy_helper
 
+from ..onnxkit.graph import bypass
+from ..onnxkit.weights import adopt, type_and_size
 from .base import PassOptions, PassResult
-from .graph import bypass
-from .weights import adopt, type_and_size
 
 HALF_TYPES = {TensorProto.FLOAT16, TensorProto.BFLOAT16}
 # Attributes that name an element type.
@@ -111,7 +111,7 @@ def _drop_float_casts(graph: gs.Graph) -> list[str]:
 def upcast_half_precision(graph: gs.Graph, options: PassOptions) -> PassResult:
     """Make every float16/bfloat16 initializer, constant, cast target, input, output and
     recorded type float32, then drop the casts that became no-ops."""
-    from .shapes import refresh_shapes  # shapes imports this module's package
+    from ..onnxkit.shapes import refresh_shapes  # shapes imports this module's package
 
     result = PassResult("upcast_half_precision")
     if not _holds_half(graph):

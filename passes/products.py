@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from .base import PassOptions, PassResult, replace_each
-from .graph import (
+from ..onnxkit.graph import (
     DOMAIN,
     Builder,
     batch_dims,
@@ -27,6 +26,7 @@ from .graph import (
     replace_output,
     varying_tensors,
 )
+from .base import PassOptions, PassResult, replace_each
 
 _SHAPLEY = {"Mul": "ShapleyMul", "MatMul": "ShapleyMatMul", "Einsum": "ShapleyEinsum"}
 

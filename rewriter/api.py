@@ -46,8 +46,9 @@ from .interface import (
 from .naming import sanitize
 from .onnx_io import normalize, parse_onnx, read_onnx
 from .onnx_values import ONNX_TO_TORCH_DTYPE, tensor_from_array
-from .passes import LightModel, PassOptions, run_passes
-from .passes.precision import half_precision_type, upcast_model
+from .onnxkit.facts import BATCH, dims_of, runtime_inputs
+from .onnxkit.weights import LightModel
+from .passes import PassOptions, half_precision_type, run_passes, upcast_model
 from .report import RewriteReport, classify
 from .result import ExplainableModule, main_inputs
 from .verify import OnnxRunner, Reference, Tolerance, as_list, other_batch, torch_runner, verify
@@ -65,27 +66,24 @@ Progress = Callable[[str], None]
 def _random_inputs(model: onnx.ModelProto, dims: Mapping[str, int]) -> tuple[torch.Tensor, ...]:
     """Inputs built from the graph's declared input shapes; ``dims`` sizes symbolic dims."""
     generator = torch.Generator().manual_seed(0)
-    initializers = {i.name for i in model.graph.initializer}
     inputs = []
     missing: list[str] = []
-    for vi in model.graph.input:
-        if vi.name in initializers:
-            continue
+    for vi in runtime_inputs(model.graph):
         tt = vi.type.tensor_type
         dtype = ONNX_TO_TORCH_DTYPE.get(tt.elem_type)
         if dtype is None:
             raise InputError(f"graph input '{vi.name}' has a type shaprewrite cannot feed",
                              fix="give example inputs explicitly")
         shape = []
-        for axis, d in enumerate(tt.shape.dim):
-            if d.HasField("dim_value") and d.dim_value > 0:
-                shape.append(d.dim_value)
-            elif d.dim_param in dims:
-                shape.append(int(dims[d.dim_param]))
+        for axis, d in enumerate(dims_of(vi.type) or []):
+            if isinstance(d, int) and d > 0:
+                shape.append(d)
+            elif d in dims:
+                shape.append(int(dims[d]))
             elif axis == 0:
-                shape.append(int(dims.get("batch", 2)))
+                shape.append(int(dims.get(BATCH, 2)))
             else:
-                missing.append(f"'{d.dim_param or '?'}' (input '{vi.name}', axis {axis})")
+                missing.append(f"'{d if isinstance(d, str) and d else '?'}' (input '{vi.name}', axis {axis})")
                 shape.append(1)
         if math.prod(shape) > _MAX_CHECK_ELEMENTS:
             raise InputError(f"graph input '{vi.name}' declares {shape}, too large to build check inputs for",
@@ -128,21 +126,15 @@ def _second_batch(source: onnx.ModelProto, dynamic_batch: bool) -> _SecondBatch:
     fixed leading dim that every input shares does (made dynamic, it is checked at a
     multiple of itself and the source runs in chunks; kept fixed, at its own size); other
     fixed shapes stay as they are."""
-    leading = [vi.type.tensor_type.shape.dim[0] if vi.type.tensor_type.shape.dim else None
-               for vi in _runtime_inputs(source)]
-    symbol = next((d.dim_param for d in leading if d is not None and d.dim_param), None)
+    leading = [(dims_of(vi.type) or [None])[0] for vi in runtime_inputs(source.graph)]
+    symbol = next((d for d in leading if isinstance(d, str) and d), None)
     if symbol is not None:
-        return _SecondBatch(1, [d is not None and d.dim_param == symbol for d in leading])
-    fixed = {d.dim_value for d in leading if d is not None and d.HasField("dim_value") and d.dim_value > 0}
-    if len(fixed) == 1 and all(d is not None and d.HasField("dim_value") for d in leading):
+        return _SecondBatch(1, [d == symbol for d in leading])
+    fixed = {d for d in leading if isinstance(d, int) and d > 0}
+    if len(fixed) == 1 and all(isinstance(d, int) for d in leading):
         # As passes/batch.py decides whether to make it dynamic.
         return _SecondBatch(next(iter(fixed)) if dynamic_batch else 0, [True] * len(leading), dynamic_batch)
     return _SecondBatch(0, [False] * len(leading))
-
-
-def _runtime_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    initializers = {i.name for i in model.graph.initializer}
-    return [vi for vi in model.graph.input if vi.name not in initializers]
 
 
 def _feeds(source: _Source, extra_rows: int, carries: list[bool] | None) -> tuple[dict, ...]:
@@ -175,7 +167,7 @@ class _Source:
     def __post_init__(self) -> None:
         """Cut the model at its embedding lookups, where it has any (see :mod:`rewriter.embedding`)."""
         split = split_embeddings(self.prepared)
-        names = [vi.name for vi in _runtime_inputs(self.prepared.proto)]
+        names = [vi.name for vi in runtime_inputs(self.prepared.proto.graph)]
         self.interface = {"source_inputs": names, "embedder_inputs": [],
                           "outputs": self.report.outputs.as_dict() if self.report.outputs else None}
         if split is None:
@@ -245,7 +237,7 @@ def _onnx_inputs(model: onnx.ModelProto, args: tuple, kwargs: Mapping) -> tuple[
     input name (a dict, keyword arguments, the arrays of an ``.npz``)."""
     if len(args) == 1 and isinstance(args[0], Mapping) and not kwargs:
         args, kwargs = (), args[0]
-    names = [vi.name for vi in _runtime_inputs(model)]
+    names = [vi.name for vi in runtime_inputs(model.graph)]
     if kwargs:
         if args:
             raise InputError("example inputs are given both by position and by name", fix="give them one way")

@@ -190,8 +190,7 @@ def _rebuild(graph: bytes, tensors: dict, state: dict, class_name: str, origin: 
 
 def _refuse_oversized(model: onnx.ModelProto, limit: int, inputs: Mapping[str, torch.Tensor] | None) -> None:
     """The guard every ONNX input gets (see ``passes.guard``), at the sizes of ``inputs``."""
-    from .passes import PassOptions
-    from .passes.guard import refuse_oversized_values
+    from .passes import PassOptions, refuse_oversized_values
 
     refuse_oversized_values(gs.import_onnx(model), PassOptions(max_tensor_bytes=limit,
                                                                feeds=(dict(inputs),) if inputs else ()))

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from .passes.shapes import inferred_types
-from .passes.weights import LightModel
+from .onnxkit.facts import opset_of, runtime_inputs
+from .onnxkit.shapes import inferred_types
+from .onnxkit.weights import LightModel
 
 _FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 # What may stand between lookups and the sum the explained value is: additions of lookups
@@ -63,11 +64,6 @@ class Split:
     embedder: onnx.ModelProto | None
     inputs: list[MainInput]
     source_inputs: list[str]
-
-
-def _runtime_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
-    initializers = {t.name for t in graph.initializer}
-    return [vi for vi in graph.input if vi.name not in initializers]
 
 
 def _dependencies(graph: onnx.GraphProto, names: set[str]) -> dict[str, frozenset[str]]:
@@ -152,7 +148,7 @@ def split_embeddings(source: LightModel) -> Split | None:
     """Cut ``source`` (a normalized model) at its embedding lookups; None when it has none."""
     model = source.proto
     graph = model.graph
-    runtime = _runtime_inputs(graph)
+    runtime = runtime_inputs(graph)
     integer = {vi.name for vi in runtime if vi.type.tensor_type.elem_type not in _FLOATS}
     floats = {t.name for t in graph.initializer if t.data_type in _FLOATS and len(t.dims) >= 2}
     deps = _dependencies(graph, integer)
@@ -213,7 +209,7 @@ def _shapes_from_embeddings(nodes: list[onnx.NodeProto], explained: list[str], d
     """Point each ``Shape`` of an embedded id input at the embedding instead (its leading dims
     are the ids' own): a shape is no context, and exporters take the batch size from the
     first input. Needs ``Shape``'s ``start``/``end`` (opset 15)."""
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    opset = opset_of(model)
     if opset < 15:
         return
     for node in nodes:

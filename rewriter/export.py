@@ -18,11 +18,11 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .batching import BatchBaked, any_batch, fold_shape_arithmetic
 from .concurrency import GATE, collector_paused
 from .errors import ExportError, ShapRewriteError, describe
-from .passes.batch import BatchBaked, any_batch, fold_shape_arithmetic
-from .passes.graph import toposorted
-from .passes.weights import LightModel, export_light, import_light, light_from_ir
+from .onnxkit.graph import toposorted
+from .onnxkit.weights import LightModel, export_light, import_light, light_from_ir
 
 log = logging.getLogger("shaprewrite")
 
@@ -32,7 +32,7 @@ TORCHSCRIPT = "torchscript"
 
 @dataclass
 class ExportedModel:
-    """An exported model (its large weights held apart, see ``passes.weights``), the exporter
+    """An exported model (its large weights held apart, see ``onnxkit.weights``), the exporter
     that produced it, and why any earlier exporter failed."""
 
     model: LightModel
@@ -40,7 +40,7 @@ class ExportedModel:
     input_names: list[str]
     fallback_reason: str | None = None
     outputs: list[torch.Tensor] | None = None  # the model's on the example inputs, as it was called
-    # Exported at a fixed batch and made batch-free (see ``passes.batch.any_batch``): where the
+    # Exported at a fixed batch and made batch-free (see ``rewriter.batching.any_batch``): where the
     # batch stayed baked in after all, verification finds it.
     fixed_batch: bool = False
     notes: list[str] = field(default_factory=list)
@@ -123,7 +123,7 @@ def _hooks_detached(model: nn.Module):
 
 
 # The batch a model is exported at: a prime, so that a shape entry that is a multiple of it
-# counts examples (see ``passes.batch.any_batch``); the second where the example inputs'
+# counts examples (see ``rewriter.batching.any_batch``); the second where the example inputs'
 # batch, or the one verification adds a row to, is the first.
 _EXPORT_ROWS = (97, 101)
 

@@ -20,14 +20,15 @@ import torch.fx as fx
 from torch import nn
 
 from . import functional
-from .converters import CONVERTERS, STANDARD_DOMAINS, op_key
+from .converters import CONVERTERS, op_key
 from .dims import Dims, items_of
 from .errors import ConversionError, UnsupportedOpError
 from .modules import GradientFree, is_linear_layer, keeps_meaning_when_batch_moves
 from .naming import fresh_name, sanitize
 from .onnx_values import ONNX_TO_TORCH_DTYPE, attribute_value, tensor_from_proto
-from .passes.graph import cuts_gradient, leading_batch
-from .passes.weights import light_copy
+from .onnxkit.facts import dims_of, opset_of
+from .onnxkit.graph import cuts_gradient, leading_batch
+from .onnxkit.weights import light_copy
 from .result import ExplainableModule
 
 # fx.Node: computed at run time; Tensor: known now; Dims: a shape known element by element;
@@ -57,15 +58,7 @@ def _info_from_type(tp: onnx.TypeProto) -> TensorInfo:
     dtype = ONNX_TO_TORCH_DTYPE.get(tt.elem_type)
     if not tt.HasField("shape"):
         return TensorInfo(dtype, None)
-    dims: list[int | str | None] = []
-    for d in tt.shape.dim:
-        if d.HasField("dim_value") and d.dim_value >= 0:
-            dims.append(int(d.dim_value))
-        elif d.HasField("dim_param"):
-            dims.append(d.dim_param)
-        else:
-            dims.append(None)
-    return TensorInfo(dtype, tuple(dims))
+    return TensorInfo(dtype, tuple(dims_of(tp)))
 
 
 class NodeContext:
@@ -223,7 +216,7 @@ class Importer:
         runtime_inputs = [i for i in graph.input if i.name not in self.initializers]
         self._batch_dims = leading_batch([self.infos[i.name].shape for i in runtime_inputs])
         self._symbolic_batch = any(isinstance(d, str) for d in self._batch_dims)
-        self.opset = next((o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS), 1)
+        self.opset = opset_of(model)
         self.root = nn.Module()
         self.graph = fx.Graph()
         self.values: dict[str, Value] = {}

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
+from .onnxkit.facts import dims_of
 
 # A leaf of a call's structure: an index into the flat tensors, or a value passed as it is.
 _Slot = int
@@ -267,7 +268,7 @@ def keep_onnx_outputs(model: onnx.ModelProto, output: Selector) -> OutputChoice:
     choice = choose_outputs([(vi.name, vi.type.tensor_type.elem_type in _ONNX_FLOATS) for vi in declared], output)
     if choice.rows:
         tensor_type = declared[choice.kept[0]].type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in tensor_type.shape.dim]
+        dims = ["?" if d is None else d for d in dims_of(declared[choice.kept[0]].type) or []]
         if tensor_type.HasField("shape") and len(dims) not in (0, 2):
             choice = dataclasses.replace(choice, reshape=reshape_note(dims))
     if choice.kept == tuple(range(len(declared))) and choice.reshape is None:

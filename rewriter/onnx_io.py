@@ -14,7 +14,8 @@ from .attributes import check_attributes
 from .errors import InputError, describe
 from .files import read_input
 from .naming import assign_unique_names
-from .passes.weights import LightModel, hold_apart, light_copy
+from .onnxkit.facts import STANDARD_DOMAINS
+from .onnxkit.weights import LightModel, hold_apart, light_copy
 
 _FIX_REEXPORT = "check that the file is a complete ONNX model (re-export or re-download it)"
 
@@ -74,7 +75,7 @@ def normalize(source: onnx.ModelProto | LightModel, scope: str | None = None) ->
     model, held = (source.proto, source.held) if isinstance(source, LightModel) else (source, {})
     newest = onnx.defs.onnx_opset_version()
     for opset in model.opset_import:
-        if opset.domain in ("", "ai.onnx") and opset.version > newest:
+        if opset.domain in STANDARD_DOMAINS and opset.version > newest:
             raise InputError(f"the model uses ONNX opset {opset.version}; this installation knows opsets up to {newest}",
                              fix="re-export the model with an older opset, or upgrade onnx and onnxruntime")
     # Checked and inlined without its large weights: a protobuf past 2 GiB cannot be

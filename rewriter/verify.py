@@ -31,7 +31,8 @@ import torch.fx as fx
 
 from .concurrency import GATE
 from .errors import BatchHeldError, InputError, ShapRewriteError, VerificationError, describe
-from .passes.weights import ort_session
+from .onnxkit.facts import dims_of, runtime_inputs
+from .onnxkit.weights import ort_session
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
@@ -103,14 +104,13 @@ class OnnxRunner:
 
     The engine is loaded at the first run, so problems the import can name precisely (an
     unsupported op) are reported before the engine's view of them. ``held`` gives values of
-    large initializers already read from ``model`` (see ``passes.weights.ort_session``).
+    large initializers already read from ``model`` (see ``onnxkit.weights.ort_session``).
     """
 
     def __init__(self, model: onnx.ModelProto, of: str = "", held: Mapping[str, gs.Constant] | None = None) -> None:
         self.model, self._of, self._held = model, of, held
         self.label = f"onnxruntime{of}"
-        initializers = {i.name for i in model.graph.initializer}
-        declared = [vi for vi in model.graph.input if vi.name not in initializers]
+        declared = runtime_inputs(model.graph)
         self._names = [vi.name for vi in declared]
         self._fixed = [_fixed_leading(vi) for vi in declared]
         self._dtypes = [_NUMPY_TYPES.get(vi.type.tensor_type.elem_type) for vi in declared]
@@ -155,8 +155,8 @@ class OnnxRunner:
 
 
 def _fixed_leading(vi: onnx.ValueInfoProto) -> int | None:
-    dims = vi.type.tensor_type.shape.dim
-    return dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
+    dims = dims_of(vi.type) or [None]
+    return dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
 
 
 _NUMPY_TYPES = {onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.FLOAT: np.float32,

@@ -11,10 +11,10 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from rewriter.onnxkit.functions import attach_functions
+from rewriter.onnxkit.graph import DOMAIN
+from rewriter.onnxkit.shapes import refresh_shapes
 from rewriter.passes import PassOptions, PassResult
-from rewriter.passes.functions import attach_functions
-from rewriter.passes.graph import DOMAIN
-from rewriter.passes.shapes import refresh_shapes
 
 F32 = TensorProto.FLOAT
 RNG = np.random.default_rng(0)

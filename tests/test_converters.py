@@ -18,8 +18,8 @@ from test_ops import CASES, case, example_inputs, i64, rand
 
 from rewriter.converters import CONVERTERS, op_key
 from rewriter.importer import import_onnx
-from rewriter.passes.functions import attach_functions
-from rewriter.passes.graph import DOMAIN
+from rewriter.onnxkit.functions import attach_functions
+from rewriter.onnxkit.graph import DOMAIN
 
 BOOL, I64, F32 = TensorProto.BOOL, TensorProto.INT64, TensorProto.FLOAT
 

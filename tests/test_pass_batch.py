@@ -10,9 +10,10 @@ import pytest
 from onnx import helper
 from pass_harness import apply, build, const, randn, run, same_outputs
 
+from rewriter.batching import BatchBaked, any_batch
+from rewriter.onnxkit.shapes import refresh_shapes
 from rewriter.passes import PassOptions
-from rewriter.passes.batch import BatchBaked, any_batch, make_batch_dynamic
-from rewriter.passes.shapes import refresh_shapes
+from rewriter.passes.batch import make_batch_dynamic
 
 
 def _flatten_at_batch_one():

@@ -7,9 +7,9 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from rewriter.onnxkit.graph import toposorted
 from rewriter.passes.base import PassOptions
 from rewriter.passes.cleanup import drop_identities, remove_dead_nodes
-from rewriter.passes.graph import toposorted
 
 X = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
 

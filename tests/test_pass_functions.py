@@ -11,8 +11,8 @@ import torch
 from onnx import TensorProto, helper
 
 from rewriter.importer import import_onnx
-from rewriter.passes.functions import BODIES, attach_functions
-from rewriter.passes.graph import DOMAIN
+from rewriter.onnxkit.functions import BODIES, attach_functions
+from rewriter.onnxkit.graph import DOMAIN
 
 
 def _model(op: str) -> onnx.ModelProto:

@@ -7,8 +7,9 @@ import onnx_graphsurgeon as gs
 from onnx import helper
 from pass_harness import build, randn
 
+from rewriter.onnxkit.shapes import refresh_shapes
 from rewriter.passes import PassOptions
-from rewriter.passes.shapes import measure_shapes, refresh_shapes
+from rewriter.passes.shapes import measure_shapes
 
 
 def _transposed():

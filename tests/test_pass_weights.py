@@ -11,7 +11,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import rewriter
-from rewriter.passes.weights import (
+from rewriter.onnxkit.weights import (
     LARGE_BYTES,
     export_light,
     hold_apart,

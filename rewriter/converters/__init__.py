@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..onnxkit.facts import STANDARD_DOMAINS
+
 CONVERTERS: dict[str, Callable[[Any], Any]] = {}
-STANDARD_DOMAINS = ("", "ai.onnx")
 
 
 def op_key(domain: str, op_type: str) -> str:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .. import functional, modules
-from ..passes.graph import DOMAIN, softmax_axis
+from ..onnxkit.graph import DOMAIN, softmax_axis
 from . import converter
 
 

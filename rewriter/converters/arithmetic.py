@@ -11,7 +11,7 @@ from torch import nn
 from .. import dims, functional, modules
 from ..dims import Dims
 from ..onnx_values import ONNX_TO_TORCH_DTYPE
-from ..passes.graph import DOMAIN
+from ..onnxkit.graph import DOMAIN
 from . import converter, layer
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import functional
-from ..passes.normalization import group_scale_repeats
+from ..onnxkit.facts import group_scale_repeats
 from . import converter, layer
 
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import functional, modules
-from ..passes.graph import DOMAIN
+from ..onnxkit.graph import DOMAIN
 from . import converter
 from .layers import spatial_padding
 

@@ -106,7 +106,7 @@ def computes(graph: gs.Graph, source: gs.Variable, result: gs.Tensor,
     where anything but constants feeds them besides ``source``."""
     from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
-    from ..passes.weights import ort_session
+    from ..onnxkit.weights import ort_session
 
     shape = [d if isinstance(d, int) and d > 0 else 3 for d in (source.shape or [])]
     if not shape or source.dtype != np.float32:

@@ -131,7 +131,7 @@ def _convert(ctx):
 
 def _squared(node: gs.Node) -> gs.Tensor | None:
     """What ``node`` squares (``Pow(·, 2)`` or ``Mul(c, c)``), if it does."""
-    from ..passes.graph import scalar_value
+    from ..onnxkit.graph import scalar_value
 
     if node.op == "Pow" and scalar_value(node.inputs[1]) == 2.0:
         return node.inputs[0]

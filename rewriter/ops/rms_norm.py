@@ -161,7 +161,7 @@ def _producer(tensor: gs.Tensor, *ops: str) -> gs.Node | None:
 
 def _squares(tensor: gs.Tensor, x: gs.Tensor) -> bool:
     """``tensor`` is ``x²`` (``Pow(x, 2)`` or ``Mul(x, x)``)."""
-    from ..passes.graph import scalar_value
+    from ..onnxkit.graph import scalar_value
 
     node = _producer(tensor, "Pow", "Mul")
     if node is None:
@@ -172,7 +172,7 @@ def _squares(tensor: gs.Tensor, x: gs.Tensor) -> bool:
 
 
 def _mean_over_last(node: gs.Node, x: gs.Tensor) -> bool:
-    from ..passes.graph import const_value
+    from ..onnxkit.graph import const_value
 
     axes = node.attrs.get("axes")
     if axes is None and len(node.inputs) > 1:
@@ -202,7 +202,7 @@ def _roots(node: gs.Node) -> list[tuple[gs.Tensor, gs.Node]]:
 def _match(graph: gs.Graph, node: gs.Node) -> list[str] | None:
     """``x / sqrt(mean(x²) + ε)`` or ``x * sqrt(mean(x²) + ε)^-1`` over the last axis, ``ε`` a
     positive constant: one RMSNorm of ``x``."""
-    from ..passes.graph import scalar_value
+    from ..onnxkit.graph import scalar_value
 
     for x, root in _roots(node):
         add = _producer(root.inputs[0], "Add")

@@ -137,7 +137,7 @@ def _ancestors(tensor: gs.Tensor, limit: int = 40) -> list[gs.Node]:
 
 def clamped_at_zero(node: gs.Node) -> gs.Tensor | None:
     """What ``node`` clamps at 0 (``Relu``, ``Clip(·, 0)``, ``Max(·, 0)``), if it does."""
-    from ..passes.graph import scalar_value
+    from ..onnxkit.graph import scalar_value
 
     if node.op == "Relu":
         return node.inputs[0]

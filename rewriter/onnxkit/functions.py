@@ -11,6 +11,7 @@ import math
 import onnx
 from onnx import helper
 
+from .facts import opset_of
 from .graph import DOMAIN
 
 
@@ -98,7 +99,7 @@ def attach_functions(model: onnx.ModelProto) -> None:
     used = sorted({n.op_type for n in model.graph.node if n.domain == DOMAIN})
     if not used:
         return
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    opset = opset_of(model, default=17)
     present = {(f.domain, f.name) for f in model.functions}
     model.functions.extend(function_proto(name, opset) for name in used if (DOMAIN, name) not in present)
     if not any(o.domain == DOMAIN for o in model.opset_import):

@@ -11,7 +11,7 @@ import onnx_graphsurgeon as gs
 from ..naming import fresh_name
 
 # Fused ops that ONNX has no standard op for (or not at every opset) live in this domain,
-# each as a model-local function (see passes/functions.py).
+# each as a model-local function (see onnxkit/functions.py).
 DOMAIN = "shaprewrite"
 
 
