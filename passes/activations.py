@@ -1,7 +1,7 @@
 """Activation passes: fuse activations that exporters split into pieces, and decompose the
 ones explainers do not know into pieces they do.
 
-Why both directions are exact (see DESIGN.md): DeepLIFT's rescale rule ``m = Δy/Δx`` is
+Why both directions are exact: DeepLIFT's rescale rule ``m = Δy/Δx`` is
 exact for any elementwise function, but explainers apply it only to module classes they
 know. A split activation (GELU as Div/Erf/Add/Mul/Mul, SiLU as Sigmoid·Mul) leaves a
 product of two tensors that both depend on ``x``, which no rescale rule covers: fused back
@@ -33,7 +33,8 @@ from ..onnxkit.graph import (
     replace_output,
     scalar_value,
 )
-from .base import PassOptions, PassResult, replace_each
+from ..ops.activations import GELU_ERF, GELU_TANH, HARD_SWISH, MISH, SILU
+from .base import PassOptions, PassResult, graph_pass, replace_each
 
 # -- matching ----------------------------------------------------------------------------
 
@@ -134,7 +135,7 @@ def _match_silu(node: gs.Node) -> Match:
         return None
     x = node.inputs[0]
     tail = _times_x(node.outputs[0], x)
-    return Fusion(x, "Silu", [node, *tail]) if tail else None
+    return Fusion(x, SILU.name, [node, *tail]) if tail else None
 
 
 def _match_hardswish(node: gs.Node) -> Match:
@@ -147,7 +148,7 @@ def _match_hardswish(node: gs.Node) -> Match:
     alpha, beta = node.attrs.get("alpha", 0.2), node.attrs.get("beta", 0.5)
     if not math.isclose(alpha, 1 / 6, rel_tol=1e-5) or not math.isclose(beta, 0.5):
         return Declined(f"HardSigmoid(alpha={alpha:g}, beta={beta:g}) times x is HardSwish only at alpha 1/6, beta 1/2")
-    return Fusion(x, "HardSwish", [node, *tail])
+    return Fusion(x, HARD_SWISH.name, [node, *tail])
 
 
 def _match_mish(node: gs.Node) -> Match:
@@ -162,7 +163,7 @@ def _match_mish(node: gs.Node) -> Match:
         return None
     if only_consumer(softplus.outputs[0]) is not node:
         return Declined("x * tanh(softplus(x)) is Mish, but the softplus is also read elsewhere")
-    return Fusion(x, "Mish", [softplus, node, *tail])
+    return Fusion(x, MISH.name, [softplus, node, *tail])
 
 
 def _match_gelu_erf(node: gs.Node) -> Match:
@@ -175,7 +176,7 @@ def _match_gelu_erf(node: gs.Node) -> Match:
     tail = _half_x_times(add.outputs[0], x)
     if not tail:
         return Declined("1 + erf(x / sqrt 2) is not multiplied by 0.5 * x alone, so it is not GELU")
-    return Fusion(x, "GeluErf", [producer(node.inputs[0]), node, add, *tail])
+    return Fusion(x, GELU_ERF.name, [producer(node.inputs[0]), node, add, *tail])
 
 
 def _match_gelu_tanh(node: gs.Node) -> Match:
@@ -198,7 +199,7 @@ def _match_gelu_tanh(node: gs.Node) -> Match:
     if not tail:
         return Declined("tanh(sqrt(2/pi) (x + 0.044715 x^3)) is not followed by 0.5 * x * (1 + .) alone, "
                         "so it is not GELU")
-    return Fusion(x, "GeluTanh", [scaled, node, add, *tail])
+    return Fusion(x, GELU_TANH.name, [scaled, node, add, *tail])
 
 
 def _match_softplus_log(node: gs.Node) -> Match:
@@ -269,10 +270,11 @@ def _fused_name(nodes: list[gs.Node]) -> str:
     return "_".join(shared) if shared else last.name
 
 
+@graph_pass
 def fuse_activations(graph: gs.Graph, options: PassOptions) -> PassResult:
     """Replace split activations (GELU, SiLU, Mish, HardSwish, Softplus, Softsign) by one
     node; near-matches are left split, each with its reason in the result."""
-    result = PassResult("fuse_activations")
+    result = PassResult()
     consumed: set[int] = set()  # pattern nodes already replaced (dead until the cleanup)
     fused: list[tuple[gs.Node, str]] = []
     declined: dict[int, tuple[str, str]] = {}
@@ -390,8 +392,9 @@ def _decompose(graph: gs.Graph, node: gs.Node) -> list[str] | None:
 DECOMPOSED = {"Selu", "Celu", "Clip", "HardSigmoid", "PRelu", "Abs"}
 
 
+@graph_pass
 def decompose_activations(graph: gs.Graph, options: PassOptions) -> PassResult:
     """Write SELU, CELU, HardSigmoid, PReLU, Abs (and, when asked, Clip: ReLU6, Hardtanh)
     with ReLU/ELU."""
-    return replace_each(graph, "decompose_activations", lambda node: None if (
+    return replace_each(graph, lambda node: None if (
         node.op == "Clip" and not options.decompose_clips) else _decompose(graph, node))

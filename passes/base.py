@@ -8,6 +8,7 @@ so reports can say exactly what happened.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -43,7 +44,7 @@ class PassOptions:
 class PassResult:
     """What one pass did, by node name."""
 
-    name: str
+    name: str = ""  # the pass's own name, set by :func:`graph_pass`
     removed: list[str] = field(default_factory=list)
     added: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
@@ -66,11 +67,22 @@ class PassResult:
 GraphPass = Callable[[gs.Graph, PassOptions], PassResult]
 
 
-def replace_each(graph: gs.Graph, name: str, rewrite: Callable[[gs.Node], list[str] | None]) -> PassResult:
+def graph_pass(function: GraphPass) -> GraphPass:
+    """A pass of the pipeline: its result is named after the function."""
+    @functools.wraps(function)
+    def run(graph: gs.Graph, options: PassOptions) -> PassResult:
+        result = function(graph, options)
+        result.name = function.__name__
+        return result
+
+    return run
+
+
+def replace_each(graph: gs.Graph, rewrite: Callable[[gs.Node], list[str] | None]) -> PassResult:
     """Run ``rewrite`` on every node. It rebuilds the node's computation with new nodes that
     write the node's outputs and returns their names, or returns None to leave the node;
     replaced nodes are then cleaned away."""
-    result = PassResult(name)
+    result = PassResult()
     with shared_names(graph):
         for node in list(graph.nodes):
             added = rewrite(node)

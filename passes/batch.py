@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 from ..onnxkit.facts import BATCH, dim_of
 from ..onnxkit.shapes import inferred_types
 from ..onnxkit.weights import export_light
-from .base import PassOptions, PassResult
+from .base import PassOptions, PassResult, graph_pass
 
 
 def _fixed_batch(graph: gs.Graph) -> int | None:
@@ -44,8 +44,9 @@ def _inferred_leading_dims(graph: gs.Graph) -> dict[str, object]:
     return dims
 
 
+@graph_pass
 def make_batch_dynamic(graph: gs.Graph, options: PassOptions) -> PassResult:
-    result = PassResult("make_batch_dynamic")
+    result = PassResult()
     batch = _fixed_batch(graph) if options.dynamic_batch else None
     if batch is None:
         return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from ..onnxkit.graph import bypass, const_value, producer
-from .base import PassOptions, PassResult
+from .base import PassOptions, PassResult, graph_pass
 
 _NEUTRAL = {"Mul": 1.0, "Div": 1.0, "Add": 0.0, "Sub": 0.0}
 
@@ -24,6 +24,7 @@ def _passes_through(node: gs.Node) -> bool:
     return False
 
 
+@graph_pass
 def drop_identities(graph: gs.Graph, options: PassOptions) -> PassResult:
     """Remove nodes that return their input: Identity, mask-less Dropout, and scalings by one
     or shifts by zero; their readers read the input instead.
@@ -32,7 +33,7 @@ def drop_identities(graph: gs.Graph, options: PassOptions) -> PassResult:
     was named after the torch op and its input's producer carries that name plus a suffix,
     the producer takes the plain name (``elu_elu`` becomes ``elu``).
     """
-    result = PassResult("drop_identities")
+    result = PassResult()
     dropped: set[int] = set()
     for node in list(graph.nodes):
         if not _passes_through(node) or node.outputs[0] in graph.outputs:
@@ -48,9 +49,10 @@ def drop_identities(graph: gs.Graph, options: PassOptions) -> PassResult:
     return result
 
 
+@graph_pass
 def remove_dead_nodes(graph: gs.Graph, options: PassOptions) -> PassResult:
     """Remove nodes whose outputs reach no graph output."""
     before = [node.name for node in graph.nodes]
     graph.cleanup()
     after = {node.name for node in graph.nodes}
-    return PassResult("remove_dead_nodes", removed=[n for n in before if n not in after])
+    return PassResult(removed=[n for n in before if n not in after])

@@ -15,13 +15,13 @@ import onnx_ir as ir
 from ..onnxkit.folding import fold_within
 from ..onnxkit.graph import varying_tensors
 from ..onnxkit.weights import adopt, export_light
-from .base import PassOptions, PassResult
+from .base import PassOptions, PassResult, graph_pass
 
 # The first fold's limits, in elements: onnxscript's own defaults.
 _SMALL_INPUT, _SMALL_OUTPUT = 8192, 512 * 512
 
 
-def _fold(graph: gs.Graph, name: str, keep: frozenset[str] | set[str] = frozenset(),
+def _fold(graph: gs.Graph, keep: frozenset[str] | set[str] = frozenset(),
           input_size_limit: int = _SMALL_INPUT, output_size_limit: int = _SMALL_OUTPUT) -> PassResult:
     # Large weights are placeholders the folder leaves alone (above its input size limits);
     # the large-value fold has the values in ``keep`` read.
@@ -29,20 +29,21 @@ def _fold(graph: gs.Graph, name: str, keep: frozenset[str] | set[str] = frozense
     before = [n.name for n in light.proto.graph.node]
     model = ir.serde.deserialize_model(light.proto)
     if not fold_within(model, input_size_limit, output_size_limit):
-        return PassResult(name)  # the graph stands; writing and reading the folder's copy back costs more than folding
+        return PassResult()  # the graph stands; writing and reading the folder's copy back costs more than folding
     adopt(graph, ir.serde.serialize_model(model), light.held)
     graph.cleanup()
     after = {n.name for n in graph.nodes}
-    return PassResult(name, removed=[n for n in before if n not in after])
+    return PassResult(removed=[n for n in before if n not in after])
 
 
+@graph_pass
 def fold_constants(graph: gs.Graph, options: PassOptions) -> PassResult:
     """Evaluate every node whose inputs are all known and small (onnxscript's constant folder).
 
     Exporters write parameters through Reshape/Expand/CastLike chains (a GroupNorm's
     scale, a PReLU slope); folded, the passes can read them.
     """
-    return _fold(graph, "fold_constants")
+    return _fold(graph)
 
 
 def _constant_nodes(graph: gs.Graph, skip: frozenset[int] = frozenset()) -> list[gs.Node]:
@@ -63,6 +64,7 @@ def _weight_views(graph: gs.Graph) -> frozenset[int]:
                      and all(any(t.name in varying for t in reader.inputs) for reader in node.outputs[0].outputs))
 
 
+@graph_pass
 def fold_large_constants(graph: gs.Graph, options: PassOptions) -> PassResult:
     """Evaluate the remaining constant nodes whose values fit the allowed tensor size, but
     transposed weights (see ``_weight_views``)."""
@@ -71,7 +73,7 @@ def fold_large_constants(graph: gs.Graph, options: PassOptions) -> PassResult:
         # Every node the first fold left reads the inputs: nothing was held back for its size,
         # and a second run of the folder (a third of the passes' time on plain graphs) would
         # find nothing.
-        return PassResult("fold_large_constants")
+        return PassResult()
     elements = max(options.max_tensor_bytes // 4, 1)
-    return _fold(graph, "fold_large_constants", {t.name for node in foldable for t in node.inputs if t.name},
+    return _fold(graph, {t.name for node in foldable for t in node.inputs if t.name},
                  input_size_limit=elements, output_size_limit=elements)

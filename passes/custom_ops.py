@@ -8,13 +8,14 @@ import onnx_graphsurgeon as gs
 
 from ..onnxkit.graph import shared_names
 from ..ops import load
-from .base import PassOptions, PassResult
+from .base import PassOptions, PassResult, graph_pass
 
 
+@graph_pass
 def fuse_custom_ops(graph: gs.Graph, options: PassOptions) -> PassResult:
     """Every registered op's ``match`` over every node (Sparsemax's sorting algorithm -> one
     Sparsemax)."""
-    result = PassResult("fuse_custom_ops")
+    result = PassResult()
     matchers = [op.match for op in load().values() if op.match is not None]
     with shared_names(graph):
         for node in list(graph.nodes):

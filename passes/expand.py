@@ -21,12 +21,13 @@ from ..onnxkit.facts import STANDARD_DOMAINS, opset_of
 from ..onnxkit.functions import attach_functions
 from ..onnxkit.weights import adopt, export_light
 from .activations import DECOMPOSED
-from .base import PassOptions, PassResult
+from .base import PassOptions, PassResult, graph_pass
 
 _EXPANDED = "shaprewrite.expanded"  # the domain of the bodies while they are inlined
 _CALL_SUFFIX = re.compile(r"__\d+$")  # the inliner's mark of which call a value belongs to
 
 
+@graph_pass
 def expand_function_ops(graph: gs.Graph, options: PassOptions) -> PassResult:
     """Replace each standard op that has no converter by the body ONNX defines for it
     (when it defines one); its nodes are named after the op they expand."""
@@ -36,7 +37,7 @@ def expand_function_ops(graph: gs.Graph, options: PassOptions) -> PassResult:
 
     wanted = sorted({n.op for n in graph.nodes if (n.domain or "") in STANDARD_DOMAINS and n.op not in CONVERTERS
                      and n.op not in DECOMPOSED})
-    result = PassResult("expand_function_ops")
+    result = PassResult()
     if not wanted:
         return result
     light = export_light(graph)

@@ -17,7 +17,7 @@ from ..errors import InputError
 from ..onnxkit.facts import dims_of
 from ..onnxkit.shapes import READ_BYTES, inferred_types, static_bytes
 from ..onnxkit.weights import export_light, light_copy
-from .base import PassOptions, PassResult
+from .base import PassOptions, PassResult, graph_pass
 
 
 def _with_input_sizes(model: onnx.ModelProto, sizes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
@@ -43,6 +43,7 @@ def _with_input_sizes(model: onnx.ModelProto, sizes: dict[str, tuple[int, ...]])
 TOTAL_FACTOR = 4
 
 
+@graph_pass
 def refuse_oversized_values(graph: gs.Graph, options: PassOptions) -> PassResult:
     """Raise :class:`~rewriter.errors.InputError` naming the first node whose output would take
     more than ``options.max_tensor_bytes`` at the check inputs' sizes (batch 1 without
@@ -72,4 +73,4 @@ def refuse_oversized_values(graph: gs.Graph, options: PassOptions) -> PassResult
             f"{size / 2**20:.0f} MiB)", node=node.name, op_type=node.op,
             fix="give smaller example inputs, or raise the limit (max_tensor_bytes=, CLI --max-tensor-mib) if the "
                 "model really needs it")
-    return PassResult("refuse_oversized_values")
+    return PassResult()

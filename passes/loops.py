@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import ConversionError
 from ..onnxkit.graph import Builder, const_value, float_dtype
-from .base import PassOptions, PassResult
+from .base import PassOptions, PassResult, graph_pass
 
 
 def _loop_trip_count(node: gs.Node) -> int | None:
@@ -205,10 +205,11 @@ def _unsqueezed(b: Builder, value: gs.Tensor, axis: int, opset: int) -> gs.Varia
     return b.node("Unsqueeze", [value, b.ints([axis], "scan_axis")], "scan_step")
 
 
+@graph_pass
 def unroll_loops(graph: gs.Graph, options: PassOptions) -> PassResult:
     """Loops with a constant trip count that always continue, and Scans over a static
     length -> their body, once per iteration."""
-    result = PassResult("unroll_loops")
+    result = PassResult()
     unroll = {"Loop": _unroll_loop, "Scan": _unroll_scan}
     for node in list(graph.nodes):
         if node.op in unroll and not node.domain and (node.op != "Scan" or (graph.opset or 9) >= 9):

@@ -30,7 +30,8 @@ from ..onnxkit.graph import (
     replace_output,
     varying_tensors,
 )
-from .base import PassOptions, PassResult, replace_each
+from ..ops.exact_max_pool import EXACT_MAX_POOL
+from .base import PassOptions, PassResult, graph_pass, replace_each
 
 
 def _tree(b: Builder, parts: list[gs.Tensor], suffix: str, combine) -> gs.Tensor:
@@ -69,7 +70,7 @@ def _exact_max_pool(node: gs.Node) -> bool:
         return False
     if not _windows_overlap(node, list(shape[2:])):
         return False
-    node.op, node.domain = "ExactMaxPool", DOMAIN
+    node.op, node.domain = EXACT_MAX_POOL.name, DOMAIN
     node.attrs.pop("storage_order", None)
     while len(node.outputs) > 1:
         node.outputs.pop()  # unread Indices: the function has one output
@@ -120,6 +121,7 @@ def _elementwise_tree(graph: gs.Graph, node: gs.Node, varying: set[str]) -> list
     return b.added
 
 
+@graph_pass
 def exact_maxima(graph: gs.Graph, options: PassOptions) -> PassResult:
     """Overlapping MaxPool -> ExactMaxPool; Max/Min of input-dependent tensors -> ReLU
     trees; ReduceMax/ReduceMin -> non-overlapping max pools."""
@@ -132,7 +134,7 @@ def exact_maxima(graph: gs.Graph, options: PassOptions) -> PassResult:
         if node.op in ("Max", "Min"):
             return _elementwise_tree(graph, node, varying)
         return None
-    result = replace_each(graph, "exact_maxima", rewrite)
+    result = replace_each(graph, rewrite)
     result.changed = marked
     return result
 

@@ -26,7 +26,7 @@ from ..onnxkit.graph import (
     replace_output,
     softmax_axis,
 )
-from .base import PassOptions, PassResult, replace_each
+from .base import PassOptions, PassResult, graph_pass, replace_each
 
 
 def _normalize(b: Builder, x: gs.Tensor, axes: list[int], eps: float) -> gs.Tensor:
@@ -157,6 +157,7 @@ def _decompose_lrn(graph: gs.Graph, node: gs.Node) -> list[str] | None:
     return b.added
 
 
+@graph_pass
 def decompose_normalization(graph: gs.Graph, options: PassOptions) -> PassResult:
     """LayerNormalization, InstanceNormalization, GroupNormalization -> Standardize + affine;
     LpNormalization and LRN -> their norms and a division."""
@@ -167,7 +168,7 @@ def decompose_normalization(graph: gs.Graph, options: PassOptions) -> PassResult
         if node.op in norms:
             return _decompose_norm(graph, node)
         return others[node.op](graph, node) if node.op in others else None
-    return replace_each(graph, "decompose_normalization", rewrite)
+    return replace_each(graph, rewrite)
 
 
 def _decompose_log_softmax(graph: gs.Graph, node: gs.Node) -> list[str] | None:
@@ -188,10 +189,11 @@ def _decompose_log_softmax(graph: gs.Graph, node: gs.Node) -> list[str] | None:
     return b.added
 
 
+@graph_pass
 def decompose_log_softmax(graph: gs.Graph, options: PassOptions) -> PassResult:
     """LogSoftmax over a static axis -> max, exp, sum, log, subtraction.
 
     (Softmax itself is imported as one ExactSoftmax module whose rule is its decomposition's.)
     """
-    return replace_each(graph, "decompose_log_softmax", lambda node: _decompose_log_softmax(graph, node)
+    return replace_each(graph, lambda node: _decompose_log_softmax(graph, node)
                         if node.op == "LogSoftmax" else None)

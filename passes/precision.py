@@ -15,7 +15,7 @@ from onnx import TensorProto, numpy_helper
 
 from ..onnxkit.graph import bypass
 from ..onnxkit.weights import adopt, type_and_size
-from .base import PassOptions, PassResult
+from .base import PassOptions, PassResult, graph_pass
 
 HALF_TYPES = {TensorProto.FLOAT16, TensorProto.BFLOAT16}
 # Attributes that name an element type.
@@ -108,12 +108,13 @@ def _drop_float_casts(graph: gs.Graph) -> list[str]:
     return removed
 
 
+@graph_pass
 def upcast_half_precision(graph: gs.Graph, options: PassOptions) -> PassResult:
     """Make every float16/bfloat16 initializer, constant, cast target, input, output and
     recorded type float32, then drop the casts that became no-ops."""
     from ..onnxkit.shapes import refresh_shapes  # shapes imports this module's package
 
-    result = PassResult("upcast_half_precision")
+    result = PassResult()
     if not _holds_half(graph):
         return result
     model = gs.export_onnx(graph, do_type_check=False)  # the upcast needs the weights' values

@@ -26,9 +26,10 @@ from ..onnxkit.graph import (
     replace_output,
     varying_tensors,
 )
-from .base import PassOptions, PassResult, replace_each
+from ..ops.shapley import SHAPLEY_EINSUM, SHAPLEY_MATMUL, SHAPLEY_MUL
+from .base import PassOptions, PassResult, graph_pass, replace_each
 
-_SHAPLEY = {"Mul": "ShapleyMul", "MatMul": "ShapleyMatMul", "Einsum": "ShapleyEinsum"}
+_SHAPLEY = {"Mul": SHAPLEY_MUL.name, "MatMul": SHAPLEY_MATMUL.name, "Einsum": SHAPLEY_EINSUM.name}
 
 
 def _batch_axis(tensor: gs.Tensor, batch: set) -> int | None:
@@ -81,7 +82,8 @@ def _product(graph: gs.Graph, node: gs.Node, varying: set[str], batch: set) -> l
     return b.added
 
 
+@graph_pass
 def shapley_products(graph: gs.Graph, options: PassOptions) -> PassResult:
     """Mul, Div, MatMul and Einsum of two input-dependent tensors -> Shapley products."""
     varying, batch = varying_tensors(graph), batch_dims(graph)
-    return replace_each(graph, "shapley_products", lambda node: _product(graph, node, varying, batch))
+    return replace_each(graph, lambda node: _product(graph, node, varying, batch))

@@ -11,14 +11,15 @@ from ..onnxkit.functions import attach_functions
 from ..onnxkit.graph import batch_dims
 from ..onnxkit.shapes import log, measure
 from ..onnxkit.weights import export_light
-from .base import PassOptions, PassResult
+from .base import PassOptions, PassResult, graph_pass
 
 
+@graph_pass
 def measure_shapes(graph: gs.Graph, options: PassOptions) -> PassResult:
     """Record every value's type and shape as measured by running the graph on the check
     inputs at two batch sizes (see the module notes). Changes no node; the result's note
     says where the shapes came from."""
-    result = PassResult("measure_shapes")
+    result = PassResult()
     if not options.feeds:
         result.note = "shapes inferred by ONNX (no inputs to measure them with)"
         return result

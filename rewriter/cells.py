@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .modules import Elementwise, ExactRule, _pair_mean, _rescale
+from .modules import Elementwise, ExactRule, _rescale, pair_mean
 
 Activation = tuple[str, float | None, float | None]
 
@@ -122,15 +122,15 @@ class LSTMStep(_Step):
         v = self._forward_parts(packed.detach())
         n = self.hidden
         m_h, m_c = grad_output[:, :n], grad_output[:, n:]
-        m_o = m_h * _pair_mean(v["squashed"])
-        m_c = m_c + m_h * _pair_mean(v["o"]) * self.rescaled(2, v["c"])
+        m_o = m_h * pair_mean(v["squashed"])
+        m_c = m_c + m_h * pair_mean(v["o"]) * self.rescaled(2, v["c"])
         m_pre_o = m_o * self.rescaled(0, v["pre_o"])
         if self.peephole is not None:
             m_c = m_c + m_pre_o * self.peephole[n:2 * n]
-        m_pre_f = m_c * _pair_mean(v["c_prev"]) * self.rescaled(0, v["pre_f"])
-        m_pre_i = m_c * _pair_mean(v["g"]) * self.rescaled(0, v["pre_i"])
-        m_pre_g = m_c * _pair_mean(v["i"]) * self.rescaled(1, v["pre_g"])
-        m_c_prev = m_c * _pair_mean(v["f"])
+        m_pre_f = m_c * pair_mean(v["c_prev"]) * self.rescaled(0, v["pre_f"])
+        m_pre_i = m_c * pair_mean(v["g"]) * self.rescaled(0, v["pre_i"])
+        m_pre_g = m_c * pair_mean(v["i"]) * self.rescaled(1, v["pre_g"])
+        m_c_prev = m_c * pair_mean(v["f"])
         if self.peephole is not None:
             m_c_prev = m_c_prev + m_pre_i * self.peephole[:n] + m_pre_f * self.peephole[2 * n:]
         m_pre = torch.cat([m_pre_i, m_pre_o, m_pre_f, m_pre_g], 1)
@@ -167,17 +167,17 @@ class GRUStep(_Step):
         reset product, rescale for each activation; the matrix products are linear."""
         v = self._forward_parts(packed.detach())
         n = self.hidden
-        m_change = grad_output * _pair_mean(v["z"])
-        m_z = grad_output * _pair_mean(v["change"])
+        m_change = grad_output * pair_mean(v["z"])
+        m_z = grad_output * pair_mean(v["change"])
         m_h_prev = m_change
         m_pre_c = (grad_output - m_change) * self.rescaled(1, v["pre_c"])
         if self.linear_before_reset:
-            m_r = m_pre_c * _pair_mean(v["inner"])
-            m_rec_h = m_pre_c * _pair_mean(v["r"])
+            m_r = m_pre_c * pair_mean(v["inner"])
+            m_rec_h = m_pre_c * pair_mean(v["r"])
         else:
             m_reset_h = m_pre_c @ self.recurrent[2 * n:]
-            m_r = m_reset_h * _pair_mean(v["inner"])
-            m_h_prev = m_h_prev + m_reset_h * _pair_mean(v["r"])
+            m_r = m_reset_h * pair_mean(v["inner"])
+            m_h_prev = m_h_prev + m_reset_h * pair_mean(v["r"])
         m_pre_zr = torch.cat([m_z, m_r], 1) * self.rescaled(0, v["pre_zr"])
         m_rec = torch.cat([m_pre_zr, m_rec_h], 1) if self.linear_before_reset else m_pre_zr
         rows = m_rec.shape[1]

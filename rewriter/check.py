@@ -55,7 +55,8 @@ def drop_shap_leftovers(view: nn.Module) -> None:
             module._parameters.pop(name, None)
 
 
-def _unwrap(inputs: Sequence[torch.Tensor]):
+def explainer_inputs(inputs: Sequence[torch.Tensor]):
+    """Inputs as shap takes them: one tensor alone, several as a list."""
     return list(inputs) if len(inputs) > 1 else inputs[0]
 
 
@@ -79,7 +80,7 @@ def shap_additivity_error(model: nn.Module, background: Sequence[torch.Tensor], 
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        values = shap.DeepExplainer(model, _unwrap(background)).shap_values(_unwrap(inputs), check_additivity=False)
+        values = shap.DeepExplainer(model, explainer_inputs(background)).shap_values(explainer_inputs(inputs), check_additivity=False)
     drop_shap_leftovers(model)
     per_input = [np.asarray(v) for v in (values if len(inputs) > 1 else [values])]
     with torch.no_grad():

@@ -188,7 +188,9 @@ def _per_pair(value: torch.Tensor, rows: int, count: int) -> torch.Tensor:
 def _rule_of(leaf: nn.Module, deep_pytorch):
     """How ``leaf`` applies shap's rule for it, or None where it needs nothing (linear layers)."""
     from .explainers import rescale_modules
-    from .modules import ExactMaxPool, ExactRule, ShapleyProduct
+    from .modules import ExactRule
+    from .ops.exact_max_pool import ExactMaxPool
+    from .ops.shapley import ShapleyProduct
 
     handler = deep_pytorch.op_handler.get(type(leaf).__name__)
     kind = getattr(handler, "__name__", None)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .check import OutputView, additivity_errors, drop_shap_leftovers
+from .check import OutputView, additivity_errors, drop_shap_leftovers, explainer_inputs
 from .concurrency import GATE
 from .engine import DEFAULT_MEMORY_BUDGET, ExactEngine, ranked
 from .errors import AdditivityError, EngineError, InputError, describe
@@ -491,10 +491,10 @@ class BatchExplainer:
         key = ("shap", id(references)) if view.model is self.model else None
         engine = self._engines.get(key) if key else None
         if engine is None:
-            engine = shap.DeepExplainer(view, _unwrap(references))
+            engine = shap.DeepExplainer(view, explainer_inputs(references))
             if key:
                 self._engines[key] = engine
-        values = engine.shap_values(_unwrap(xs), check_additivity=False)
+        values = engine.shap_values(explainer_inputs(xs), check_additivity=False)
         drop_shap_leftovers(view)
         return list(values) if len(xs) > 1 else [values]
 
@@ -550,10 +550,6 @@ def _device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("device 'cuda' was asked for but torch sees no CUDA device", fix="use --device cpu")
     return device
-
-
-def _unwrap(xs: Sequence[torch.Tensor]):
-    return list(xs) if len(xs) > 1 else xs[0]
 
 
 def _progress(total: int, enabled: bool):

@@ -2,8 +2,10 @@
 
 Each helper takes tensors and plain Python values, so it runs the same whether its inputs
 were constants folded at import time or tensors flowing through the rewritten model.
-Every helper is linear in its data input (or does not touch data at all), so the plain
-gradient is already the exact DeepLIFT multiplier through it.
+Each helper says, where it is defined, how DeepLIFT treats it (``explained_as``, read by
+``rewriter.report``): ``linear`` in its data input (the plain gradient is already the exact
+multiplier), ``bilinear`` (linear when one operand depends on the input), ``value_free``
+(computes from shapes only) or ``discrete`` (a selection with no gradient: approximate).
 
 The importer calls these through ``torch.fx`` nodes marked as wrapped, so they stay single
 calls when a saved model is loaded and re-traced.
@@ -22,6 +24,22 @@ from .errors import InputError
 IntsLike = Sequence[int] | torch.Tensor
 
 
+def _explained_as(kind: str, detail: str | None = None):
+    def mark(helper):
+        helper.explained_as = (kind, detail)
+        return helper
+
+    return mark
+
+
+linear, bilinear, value_free = _explained_as("linear"), _explained_as("bilinear"), _explained_as("value_free")
+
+
+def discrete(what: str):
+    """A selection, approximate for DeepLIFT: the report names it by ``what``."""
+    return _explained_as("discrete", what)
+
+
 def ints(value: IntsLike | int) -> list[int]:
     """A list of Python ints from an int tensor, a sequence, or a single int."""
     if isinstance(value, torch.Tensor):
@@ -31,6 +49,7 @@ def ints(value: IntsLike | int) -> list[int]:
     return [int(v) for v in value]
 
 
+@linear
 def check_input(x: torch.Tensor, shape: Sequence[int | str | None], name: str) -> torch.Tensor:
     """``x`` itself, when its shape is the one the model was rewritten for: the sizes in
     ``shape`` fixed, its strings (the batch) free. Otherwise a clear error, not a failure
@@ -43,6 +62,7 @@ def check_input(x: torch.Tensor, shape: Sequence[int | str | None], name: str) -
     return x
 
 
+@linear
 def rows_like(value: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
     """``value`` with ``x``'s rows: one row repeated for each, or as many rows as ``x`` has as
     they are (a context input bound to a module, see ``ExplainableModule.with_context``)."""
@@ -54,32 +74,38 @@ def rows_like(value: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
                      fix="bind one row of context (with_context(mask[i:i + 1])) or one per row")
 
 
+@value_free
 def zero_state(x: torch.Tensor, axis: int, size: int) -> torch.Tensor:
     """Zeros ``[x.shape[axis], size]`` like ``x``: a recurrent layer's state before the first step."""
     return x.new_zeros(x.shape[axis], size)
 
 
+@value_free
 def onnx_dims(items: Sequence[int], scalar: bool = False) -> torch.Tensor:
     """The int64 tensor of a shape computed element by element (see ``rewriter.dims``)."""
     tensor = torch.tensor([int(i) for i in items], dtype=torch.int64)
     return tensor.reshape(()) if scalar else tensor
 
 
+@value_free
 def onnx_trunc_div(a: int, b: int) -> int:
     """Integer division rounding toward zero, as ONNX Div on integers."""
     quotient = abs(a) // abs(b)
     return quotient if (a >= 0) == (b >= 0) else -quotient
 
 
+@value_free
 def onnx_shape(x: torch.Tensor, start: int = 0, end: int | None = None) -> torch.Tensor:
     """ONNX Shape: the dims of ``x`` as an int64 tensor, sliced by ``start:end``."""
     return torch.tensor(x.shape[start:end], dtype=torch.int64)
 
 
+@value_free
 def onnx_size(x: torch.Tensor) -> torch.Tensor:
     return torch.tensor(x.numel(), dtype=torch.int64)
 
 
+@linear
 def onnx_reshape(x: torch.Tensor, shape: IntsLike, allowzero: int = 0) -> torch.Tensor:
     """ONNX Reshape: a 0 copies the input's dim (unless ``allowzero``), -1 is inferred."""
     target = ints(shape)
@@ -88,16 +114,19 @@ def onnx_reshape(x: torch.Tensor, shape: IntsLike, allowzero: int = 0) -> torch.
     return x.reshape(target)
 
 
+@linear
 def onnx_flatten(x: torch.Tensor, axis: int = 1) -> torch.Tensor:
     axis = axis + x.dim() if axis < 0 else axis
     return x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
 
 
+@linear
 def onnx_expand(x: torch.Tensor, shape: IntsLike) -> torch.Tensor:
     """ONNX Expand is two-way broadcasting: a target dim of 1 keeps the input's dim."""
     return x.expand(torch.broadcast_shapes(tuple(x.shape), tuple(ints(shape))))
 
 
+@linear
 def onnx_unsqueeze(x: torch.Tensor, axes: IntsLike) -> torch.Tensor:
     rank = x.dim() + len(ints(axes))
     for axis in sorted(a + rank if a < 0 else a for a in ints(axes)):
@@ -105,12 +134,14 @@ def onnx_unsqueeze(x: torch.Tensor, axes: IntsLike) -> torch.Tensor:
     return x
 
 
+@linear
 def onnx_squeeze(x: torch.Tensor, axes: IntsLike | None = None) -> torch.Tensor:
     if axes is None:
         return x.squeeze()
     return x.squeeze(tuple(ints(axes)))
 
 
+@linear
 def onnx_slice(x: torch.Tensor, starts: IntsLike, ends: IntsLike,
                axes: IntsLike | None = None, steps: IntsLike | None = None) -> torch.Tensor:
     """ONNX Slice, including negative steps and out-of-range clamping."""
@@ -132,6 +163,7 @@ def onnx_slice(x: torch.Tensor, starts: IntsLike, ends: IntsLike,
     return out
 
 
+@linear
 def onnx_gather(x: torch.Tensor, indices: torch.Tensor | int, axis: int = 0) -> torch.Tensor:
     """ONNX Gather: the indexed axis is replaced by the shape of ``indices``."""
     axis = axis + x.dim() if axis < 0 else axis
@@ -141,12 +173,14 @@ def onnx_gather(x: torch.Tensor, indices: torch.Tensor | int, axis: int = 0) -> 
     return picked.reshape(tuple(x.shape[:axis]) + tuple(idx.shape) + tuple(x.shape[axis + 1:]))
 
 
+@linear
 def onnx_gather_elements(x: torch.Tensor, indices: torch.Tensor, axis: int = 0) -> torch.Tensor:
     idx = indices.long()
     idx = torch.where(idx < 0, idx + x.shape[axis], idx)
     return torch.gather(x, axis, idx)
 
 
+@linear
 def onnx_gather_nd(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     idx = indices.long()
     k = idx.shape[-1]
@@ -155,6 +189,7 @@ def onnx_gather_nd(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     return x[tuple(idx[..., i] for i in range(k))]
 
 
+@linear
 def onnx_scatter_nd(x: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor,
                     reduction: str = "none") -> torch.Tensor:
     idx = indices.long()
@@ -171,6 +206,7 @@ def onnx_scatter_nd(x: torch.Tensor, indices: torch.Tensor, updates: torch.Tenso
     return out
 
 
+@linear
 def onnx_scatter_elements(x: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor,
                           axis: int = 0, reduction: str = "none") -> torch.Tensor:
     idx = indices.long()
@@ -181,6 +217,7 @@ def onnx_scatter_elements(x: torch.Tensor, indices: torch.Tensor, updates: torch
     return x.scatter_reduce(axis, idx, updates, reduce=reduce)
 
 
+@linear
 def onnx_split(x: torch.Tensor, axis: int, sizes: IntsLike | None, count: int) -> tuple[torch.Tensor, ...]:
     """ONNX Split into ``count`` outputs: explicit ``sizes``, else equal parts, the last smaller."""
     if sizes is not None:
@@ -190,18 +227,22 @@ def onnx_split(x: torch.Tensor, axis: int, sizes: IntsLike | None, count: int) -
     return torch.split(x, [part] * (count - 1) + [dim - part * (count - 1)], dim=axis)
 
 
+@linear
 def onnx_constant_of_shape(shape: IntsLike, value: torch.Tensor) -> torch.Tensor:
     return torch.full(ints(shape), value.reshape(()).item(), dtype=value.dtype)
 
 
+@value_free
 def onnx_range(start: torch.Tensor, limit: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype)
 
 
+@linear
 def onnx_tile(x: torch.Tensor, repeats: IntsLike) -> torch.Tensor:
     return x.repeat(ints(repeats))
 
 
+@bilinear
 def onnx_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """ONNX Div: integer division truncates toward zero."""
     if not a.is_floating_point() and not (isinstance(b, torch.Tensor) and b.is_floating_point()):
@@ -209,6 +250,7 @@ def onnx_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a / b
 
 
+@linear
 def onnx_cumsum(x: torch.Tensor, axis: int, exclusive: int = 0, reverse: int = 0) -> torch.Tensor:
     if reverse:
         x = x.flip(axis)
@@ -218,6 +260,7 @@ def onnx_cumsum(x: torch.Tensor, axis: int, exclusive: int = 0, reverse: int = 0
     return out.flip(axis) if reverse else out
 
 
+@linear
 def onnx_pad(x: torch.Tensor, pads: IntsLike, mode: str = "constant", value: float = 0.0,
              axes: IntsLike | None = None) -> torch.Tensor:
     """ONNX Pad: ``pads`` holds all begins then all ends, for ``axes`` (default: every axis)."""
@@ -299,6 +342,7 @@ def _taps(coords: torch.Tensor, in_len: int, mode: str, nearest_mode: str, cubic
     return [(p.clamp(0, in_len - 1).long(), w) for p, w in zip(positions, weights)]
 
 
+@linear
 def onnx_resize(x: torch.Tensor, scales: Sequence[float] | None, sizes: IntsLike | None,
                 mode: str = "nearest", coordinate_mode: str = "half_pixel",
                 nearest_mode: str = "round_prefer_floor", axes: IntsLike | None = None,
@@ -330,6 +374,7 @@ def onnx_resize(x: torch.Tensor, scales: Sequence[float] | None, sizes: IntsLike
     return x
 
 
+@linear
 def onnx_depth_to_space(x: torch.Tensor, blocksize: int, mode: str = "DCR") -> torch.Tensor:
     n, c, h, w = x.shape
     b = blocksize
@@ -340,6 +385,7 @@ def onnx_depth_to_space(x: torch.Tensor, blocksize: int, mode: str = "DCR") -> t
     return y.reshape(n, c // (b * b), h * b, w * b)
 
 
+@linear
 def onnx_space_to_depth(x: torch.Tensor, blocksize: int, mode: str = "DCR") -> torch.Tensor:
     n, c, h, w = x.shape
     b = blocksize
@@ -348,20 +394,24 @@ def onnx_space_to_depth(x: torch.Tensor, blocksize: int, mode: str = "DCR") -> t
     return y.reshape(n, c * b * b, h // b, w // b)
 
 
+@linear
 def onnx_trilu(x: torch.Tensor, k: int = 0, upper: int = 1) -> torch.Tensor:
     return torch.triu(x, k) if upper else torch.tril(x, k)
 
 
+@discrete("top-k selection")
 def onnx_topk(x: torch.Tensor, k: IntsLike, axis: int = -1, largest: int = 1,
               sorted: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     values, indices = torch.topk(x, ints(k)[0], dim=axis, largest=bool(largest), sorted=bool(sorted))
     return values, indices
 
 
+@discrete("non-zero positions")
 def onnx_nonzero(x: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(x).t().contiguous()
 
 
+@linear
 def onnx_one_hot(indices: torch.Tensor, depth: torch.Tensor, values: torch.Tensor,
                  axis: int = -1) -> torch.Tensor:
     d = int(depth.reshape(()).item())
@@ -373,6 +423,7 @@ def onnx_one_hot(indices: torch.Tensor, depth: torch.Tensor, values: torch.Tenso
     return out.movedim(-1, axis) if axis != -1 else out
 
 
+@linear
 def onnx_avg_pool_padded(x: torch.Tensor, kernel: list[int], strides: list[int], pads: list[int],
                          ceil_mode: bool, count_include_pad: bool) -> torch.Tensor:
     """Average pooling with asymmetric zero padding (``pads`` in F.pad order).
@@ -388,6 +439,7 @@ def onnx_avg_pool_padded(x: torch.Tensor, kernel: list[int], strides: list[int],
     return total / pool(ones, kernel, strides, 0, ceil_mode, True)
 
 
+@linear
 def onnx_window_sum(x: torch.Tensor, kernel: list[int], strides: list[int], pads: list[int],
                     dilations: list[int]) -> torch.Tensor:
     """The sum of each (dilated) pooling window, zero padding ``pads`` (F.pad order): a
@@ -398,6 +450,7 @@ def onnx_window_sum(x: torch.Tensor, kernel: list[int], strides: list[int], pads
     return conv(F.pad(x, pads), ones, None, strides, 0, dilations, channels)
 
 
+@linear
 def onnx_dilated_avg_pool(x: torch.Tensor, kernel: list[int], strides: list[int], pads: list[int],
                           overhang: list[int], dilations: list[int], count_include_pad: bool) -> torch.Tensor:
     """Average pooling over dilated windows: each window's sum (see :func:`onnx_window_sum`)
@@ -412,12 +465,14 @@ def onnx_dilated_avg_pool(x: torch.Tensor, kernel: list[int], strides: list[int]
     return total / onnx_window_sum(ones, kernel, strides, full, dilations)
 
 
+@discrete("arg max (Hardmax)")
 def onnx_hardmax(x: torch.Tensor, axis: int) -> torch.Tensor:
     """ONNX Hardmax: 1 at the first maximum along ``axis``, 0 elsewhere."""
     index = x.argmax(axis, keepdim=True)
     return torch.zeros_like(x).scatter_(axis, index, 1.0)
 
 
+@linear
 def onnx_split_to_sequence(x: torch.Tensor, axis: int, split: int | list[int] | None,
                            keepdims: int = 1) -> tuple[torch.Tensor, ...]:
     """ONNX SplitToSequence: chunks of ``split`` (size or sizes), or single slices when absent."""
@@ -427,10 +482,12 @@ def onnx_split_to_sequence(x: torch.Tensor, axis: int, split: int | list[int] | 
     return torch.split(x, split, dim=axis)
 
 
+@value_free
 def onnx_sequence_length(sequence: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.tensor(len(sequence), dtype=torch.int64)
 
 
+@linear
 def pack_operands(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a`` and ``b`` side by side, each flattened per batch row (a ShapleyProduct's input).
 
@@ -446,6 +503,7 @@ def _signal(x: torch.Tensor) -> torch.Tensor:
     return x[..., 0] if x.shape[-1] == 1 else torch.complex(x[..., 0], x[..., 1])
 
 
+@linear
 def onnx_dft(x: torch.Tensor, length: int | None, axis: int, inverse: int = 0, onesided: int = 0) -> torch.Tensor:
     """ONNX DFT along ``axis`` of ``x`` (``[..., n, 1 or 2]``); linear in ``x``. The result is
     ``[..., m, 2]``, or ``[..., m, 1]`` for the real signal of an inverse one-sided transform."""
@@ -465,6 +523,7 @@ def onnx_dft(x: torch.Tensor, length: int | None, axis: int, inverse: int = 0, o
     return torch.view_as_real(out)
 
 
+@bilinear
 def onnx_stft(signal: torch.Tensor, step: int, window: torch.Tensor | None, length: int,
               onesided: int = 0) -> torch.Tensor:
     """ONNX STFT of ``signal`` (``[batch, time, 1 or 2]``): frames of ``length`` every ``step``,

@@ -8,11 +8,9 @@ by element, which is what makes the rescale rule exact for it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 _LINEAR_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
@@ -199,63 +197,11 @@ class ExactRule(nn.Module):
         raise NotImplementedError
 
 
-def _pair_mean(t: torch.Tensor) -> torch.Tensor:
+def pair_mean(t: torch.Tensor) -> torch.Tensor:
     """Each row's mean with its reference row (the other half of the batch), in both halves."""
     half = t.shape[0] // 2
     mean = (t[:half] + t[half:]) / 2
     return torch.cat([mean, mean])
-
-
-class ShapleyProduct(ExactRule):
-    """``y = f(a, b)`` for a bilinear ``f`` of two input-dependent tensors.
-
-    ``f`` is an elementwise product, a matrix product or a two-operand einsum. Explainers
-    hook one input per module, so ``a`` and ``b`` arrive packed side by side, each
-    flattened per batch row (see ``rewriter.functional.pack_operands``); ``shape_a`` and
-    ``shape_b`` are their shapes after the batch dim. Outside explanation this is exactly
-    ``f(a, b)`` with ordinary gradients; under SHAP or Captum the registered rule uses
-    :meth:`deeplift_multipliers`.
-    """
-
-    report_kind = "product"
-
-    def __init__(self, op: str, shape_a: tuple[int, ...], shape_b: tuple[int, ...], equation: str | None = None):
-        super().__init__()
-        self.op, self.equation = op, equation
-        self.shape_a, self.shape_b = tuple(shape_a), tuple(shape_b)
-
-    def unpack(self, packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        size_a = math.prod(self.shape_a)
-        return packed[:, :size_a].reshape(-1, *self.shape_a), packed[:, size_a:].reshape(-1, *self.shape_b)
-
-    def combine(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        if self.op == "mul":
-            return a * b
-        if self.op == "matmul":
-            return torch.matmul(a, b)
-        return torch.einsum(self.equation, a, b)
-
-    def forward(self, packed: torch.Tensor) -> torch.Tensor:
-        return self.combine(*self.unpack(packed))
-
-    def deeplift_multipliers(self, packed: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
-        """Multipliers for the packed input of a batch ``[inputs; references]``.
-
-        ``Δy = f(Δa, b̄) + f(ā, Δb)`` with ``ā, b̄`` the means of each input row and its
-        reference row, so ``a``'s multiplier is the gradient of ``f(a, b̄)`` and ``b``'s that
-        of ``f(ā, b)``; both halves of the batch get the same multipliers.
-        """
-        a, b = self.unpack(packed.detach())
-        a_mean, b_mean = _pair_mean(a), _pair_mean(b)
-        with torch.enable_grad():
-            a_var, b_var = a_mean.clone().requires_grad_(), b_mean.clone().requires_grad_()
-            (grad_a,) = torch.autograd.grad(self.combine(a_var, b_mean), a_var, grad_output)
-            (grad_b,) = torch.autograd.grad(self.combine(a_mean, b_var), b_var, grad_output)
-        return torch.cat([grad_a.reshape(a.shape[0], -1), grad_b.reshape(b.shape[0], -1)], 1)
-
-    def extra_repr(self) -> str:
-        op = f"einsum '{self.equation}'" if self.op == "einsum" else self.op
-        return f"{op}, a={self.shape_a}, b={self.shape_b}"
 
 
 class ExactSoftmax(ExactRule):
@@ -290,7 +236,7 @@ class ExactSoftmax(ExactRule):
         def delta(t: torch.Tensor) -> torch.Tensor:
             return torch.cat([t[:half] - t[half:]] * 2)
 
-        e_bar, s_bar = _pair_mean(exp), _pair_mean(inverse)
+        e_bar, s_bar = pair_mean(exp), pair_mean(inverse)
         grad_s = (grad_output * e_bar).sum(-1, keepdim=True)
         m_s = _rescale(delta(inverse), delta(exp.sum(-1, keepdim=True)), -s_bar.square())
         grad_e = grad_output * s_bar + grad_s * m_s
@@ -314,53 +260,3 @@ def _rescale(delta_y: torch.Tensor, delta_x: torch.Tensor, limit: torch.Tensor) 
     usable = torch.isfinite(delta_x) & (delta_x.abs() >= 1e-7)
     return torch.where(usable, delta_y / torch.where(usable, delta_x, torch.ones_like(delta_x)),
                        torch.nan_to_num(limit, nan=0.0))
-
-
-class ExactMaxPool(ExactRule):
-    """Max pooling whose windows may overlap, with an exact rule.
-
-    SHAP's and Captum's max-pool rule sends each window's change to the positions of its
-    maxima (for the input and for the reference) through ``max_unpool``, which keeps one
-    value where several windows share a maximum: with overlapping windows the rest is lost.
-    The same rule with the contributions added up is exact for any windows.
-    """
-
-    report_kind = "maxpool"
-
-    def __init__(self, kernel_size, stride, padding, dilation, ceil_mode: bool = False) -> None:
-        super().__init__()
-        self.kernel_size, self.stride, self.padding = tuple(kernel_size), tuple(stride), tuple(padding)
-        self.dilation, self.ceil_mode = tuple(dilation), ceil_mode
-
-    def _pool(self, x: torch.Tensor, *args):
-        # Looked up per call: torch's max_pool functions cannot be pickled with the module.
-        pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[len(self.kernel_size)]
-        return pool(x, *args)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._pool(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
-
-    def deeplift_multipliers(self, x: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
-        x = x.detach()
-        half = x.shape[0] // 2
-        top, where = self._pool(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, True)
-        top_in, top_ref = top[:half], top[half:]
-        larger = torch.maximum(top_in, top_ref)
-        grad = grad_output[:half]
-        plane = x[:half].flatten(2)
-
-        def rows(t: torch.Tensor) -> torch.Tensor:  # reshape, not flatten: vmap has no rule for flatten here
-            return t.reshape(*t.shape[:2], -1)
-
-        routed = torch.zeros_like(plane).scatter_add(-1, rows(where[:half]), rows(grad * (larger - top_ref)))
-        routed = routed.scatter_add(-1, rows(where[half:]), rows(grad * (top_in - larger)))
-        delta = plane - x[half:].flatten(2)
-        # A position whose value did not change carries no contribution (see the class notes).
-        usable = torch.isfinite(delta) & (delta.abs() >= 1e-7)
-        multipliers = torch.where(usable, routed / torch.where(usable, delta, torch.ones_like(delta)),
-                                  torch.zeros_like(delta)).reshape(x[:half].shape)
-        return torch.cat([multipliers, multipliers])
-
-    def extra_repr(self) -> str:
-        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")

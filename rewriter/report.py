@@ -40,38 +40,33 @@ SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 # The self-check's largest relative additivity error that still counts as float rounding.
 CHECK_THRESHOLD = 1e-3
 
+def _helpers(kind: str) -> set:
+    """The ``rewriter.functional`` helpers that say they are explained as ``kind``."""
+    return {f for f in vars(functional).values() if getattr(f, "explained_as", (None,))[0] == kind}
+
+
 # Functions linear in every operand that depends on the input, when at most one does.
 _BILINEAR = {operator.mul, torch.mul, torch.matmul, torch.einsum, F.conv1d, F.conv2d, F.conv3d,
-             F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, functional.onnx_div, operator.truediv,
-             F.linear, torch.addmm, functional.onnx_stft}
+             F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, operator.truediv, F.linear, torch.addmm,
+             *_helpers("bilinear")}
 # For those that add a term to the product: where the product's factors are.
 _PRODUCT_ARGS = {torch.addmm: slice(1, 3), F.linear: slice(0, 2), **{f: slice(0, 2) for f in (
     F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)}}
 _LINEAR = {
     operator.add, operator.sub, operator.neg, operator.getitem, torch.add, torch.sub, torch.cat, torch.stack,
     torch.split, torch.flatten, torch.mean, torch.sum, torch.cumsum, torch.flip, torch.reshape, F.pad,
-    F.interpolate, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.batch_norm, torch.ones_like,
-    functional.onnx_reshape, functional.onnx_flatten, functional.onnx_expand, functional.onnx_unsqueeze,
-    functional.onnx_squeeze, functional.onnx_slice, functional.onnx_gather, functional.onnx_gather_elements,
-    functional.onnx_gather_nd, functional.onnx_scatter_nd, functional.onnx_scatter_elements, functional.onnx_split,
-    functional.onnx_split_to_sequence, functional.onnx_tile, functional.onnx_pad, functional.onnx_resize,
-    functional.onnx_depth_to_space, functional.onnx_space_to_depth, functional.onnx_trilu, functional.onnx_cumsum,
-    functional.onnx_avg_pool_padded, functional.pack_operands, functional.onnx_constant_of_shape,
-    functional.check_input, functional.onnx_window_sum, functional.onnx_dft, functional.onnx_dilated_avg_pool,
+    F.interpolate, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.batch_norm, torch.ones_like, *_helpers("linear"),
 }
 _LINEAR_METHODS = {"reshape", "permute", "select", "squeeze", "unsqueeze", "view_as", "t", "flatten", "expand",
                    "transpose", "contiguous", "movedim"}
 # Values that carry no information about the input's values.
-_VALUE_FREE_FUNCTIONS = {functional.onnx_shape, functional.onnx_size, functional.onnx_dims, functional.onnx_range,
-                         functional.onnx_trunc_div, functional.onnx_sequence_length, torch.ones_like,
-                         functional.zero_state}
+_VALUE_FREE_FUNCTIONS = {torch.ones_like, *_helpers("value_free")}
 _VALUE_FREE_METHODS = {"size"}
 # Functions whose result is a truth value, whatever their input: no gradient flows through.
 _PREDICATES = {torch.isnan, torch.isinf, torch.isneginf, torch.isposinf, operator.eq, operator.lt, operator.le,
                operator.gt, operator.ge, torch.logical_and, torch.logical_or, torch.logical_xor, torch.logical_not}
-_DISCRETE = {torch.argmax: "arg max", torch.argmin: "arg min", functional.onnx_topk: "top-k selection",
-             functional.onnx_hardmax: "arg max (Hardmax)",
-             functional.onnx_nonzero: "non-zero positions"}
+_DISCRETE = {torch.argmax: "arg max", torch.argmin: "arg min",
+             **{f: f.explained_as[1] for f in _helpers("discrete")}}
 
 
 def _is_float_node(node: fx.Node) -> bool:

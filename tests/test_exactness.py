@@ -29,8 +29,8 @@ from explain import (
 from torch import nn
 
 from rewriter import rewrite
-from rewriter.modules import ShapleyProduct
 from rewriter.ops.rms_norm import RMSNorm
+from rewriter.ops.shapley import ShapleyProduct
 from rewriter.ops.standardize import Standardize
 
 EXACT = 1e-4

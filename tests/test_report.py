@@ -167,3 +167,20 @@ def test_near_matches_a_pass_left_alone_are_reported_with_the_reason(capsys):
     fusions = next(p for p in document["passes"] if p["pass"] == "fuse_activations")
     (node, reason), = fusions["declined"].items()
     assert "erf" in node.lower() and "not GELU" in reason
+
+
+def test_every_functional_helper_says_how_it_is_explained():
+    """Where it is defined (rewriter.functional), so a new helper cannot be forgotten by the
+    report (OneHot once was: reported as having no rule)."""
+    import inspect
+
+    from rewriter import functional
+
+    conversion_time = {"ints"}  # runs while importing, never a node of the rewritten graph
+    helpers = {name: f for name, f in vars(functional).items() if inspect.isfunction(f)
+               and f.__module__ == functional.__name__ and not name.startswith("_") and name not in conversion_time
+               and name not in ("linear", "bilinear", "value_free", "discrete")}
+    assert len(helpers) > 30
+    missing = sorted(name for name, f in helpers.items() if not hasattr(f, "explained_as"))
+    assert missing == []
+    assert {f.explained_as[0] for f in helpers.values()} <= {"linear", "bilinear", "value_free", "discrete"}

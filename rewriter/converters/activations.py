@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import operator
 
 import torch
 from torch import nn
 
 from .. import functional, modules
-from ..onnxkit.graph import DOMAIN, softmax_axis
+from ..onnxkit.graph import softmax_axis
 from . import converter
 
 
@@ -31,11 +30,9 @@ def unary(ctx):
     return leaf(ctx, cls())
 
 
-# Ops whose torch module takes no arguments, including the activations the passes fuse.
+# Ops whose torch module takes no arguments (the activations the passes fuse: rewriter/ops/activations.py).
 _PLAIN = {"Relu": nn.ReLU, "Sigmoid": nn.Sigmoid, "Tanh": nn.Tanh, "Softplus": nn.Softplus,
-          "Softsign": nn.Softsign, "Mish": nn.Mish, "HardSwish": nn.Hardswish,
-          f"{DOMAIN}.Silu": nn.SiLU, f"{DOMAIN}.Mish": nn.Mish, f"{DOMAIN}.HardSwish": nn.Hardswish,
-          f"{DOMAIN}.GeluErf": nn.GELU, f"{DOMAIN}.GeluTanh": functools.partial(nn.GELU, approximate="tanh")}
+          "Softsign": nn.Softsign, "Mish": nn.Mish, "HardSwish": nn.Hardswish}
 
 
 @converter(*_PLAIN)

@@ -11,7 +11,6 @@ from torch import nn
 from .. import dims, functional, modules
 from ..dims import Dims
 from ..onnx_values import ONNX_TO_TORCH_DTYPE
-from ..onnxkit.graph import DOMAIN
 from . import converter, layer
 
 
@@ -205,26 +204,3 @@ def matmul(ctx):
 @converter("Einsum")
 def einsum(ctx):
     return ctx.call(torch.einsum, ctx.attr("equation"), *ctx.inputs)
-
-
-_SHAPLEY_OPS = {f"{DOMAIN}.ShapleyMul": "mul", f"{DOMAIN}.ShapleyMatMul": "matmul", f"{DOMAIN}.ShapleyEinsum": "einsum"}
-
-
-@converter(*_SHAPLEY_OPS)
-def shapley_product(ctx):
-    """One ShapleyProduct module over both operands packed per batch row. An operand pair
-    with the batch on another (shared) axis has it moved to the front and back around the
-    product, which commutes with moving a batch axis of both operands."""
-    shapes = [list(ctx.info(i).shape or ()) for i in (0, 1)]
-    axis = ctx.batch_axis(0) or 0
-    ctx.require(axis == (ctx.batch_axis(1) or 0) and all(shapes),
-                "a Shapley product needs both operands' batch on the same axis")
-    operands = [ctx.input(0), ctx.input(1)]
-    if axis:
-        operands = [ctx.method("movedim", t, axis, 0) for t in operands]
-        shapes = [[s[axis], *s[:axis], *s[axis + 1:]] for s in shapes]
-    ctx.require(all(isinstance(d, int) for s in shapes for d in s[1:]),
-                "a Shapley product needs static operand shapes besides the batch dim")
-    product = modules.ShapleyProduct(_SHAPLEY_OPS[ctx.key], shapes[0][1:], shapes[1][1:], ctx.attr("equation"))
-    result = ctx.module(product, ctx.call(functional.pack_operands, *operands))
-    return ctx.method("movedim", result, 0, axis) if axis else result

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import functional, modules
-from ..onnxkit.graph import DOMAIN
 from . import converter
 from .layers import spatial_padding
 
@@ -29,9 +28,10 @@ def _pool_window(ctx):
     return kernel, strides, dilations, padding, extra
 
 
-@converter("MaxPool", f"{DOMAIN}.ExactMaxPool")
-def max_pool(ctx):
-    """nn.MaxPool*d, or, for the windows passes/maxima.py found overlapping, ExactMaxPool."""
+@converter("MaxPool")
+def max_pool(ctx, exact=None):
+    """nn.MaxPool*d; ``exact`` builds the module instead for the windows passes/maxima.py
+    found overlapping (see ``rewriter.ops.exact_max_pool``)."""
     ctx.require(len(ctx.node.output) < 2 or not ctx.node.output[1], "MaxPool's Indices output is not supported",
                 "use only the pooled values")
     kernel, strides, dilations, padding, extra = _pool_window(ctx)
@@ -41,11 +41,11 @@ def max_pool(ctx):
     if extra is not None:
         x = ctx.call(F.pad, x, extra, "constant", float("-inf"))
     ceil_mode = bool(ctx.attr("ceil_mode", 0))
-    if ctx.key == "MaxPool":
+    if exact is None:
         pool = _MAX_POOL[n](kernel_size=tuple(kernel), stride=tuple(strides), padding=tuple(padding),
                             dilation=tuple(dilations), ceil_mode=ceil_mode)
     else:
-        pool = modules.ExactMaxPool(kernel, strides, padding, dilations, ceil_mode)
+        pool = exact(kernel, strides, padding, dilations, ceil_mode)
     return ctx.module(pool, x)
 
 

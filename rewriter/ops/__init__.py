@@ -21,7 +21,7 @@ import onnx_graphsurgeon as gs
 import torch
 from onnx import helper
 
-DOMAIN = "shaprewrite"
+from ..onnxkit.graph import DOMAIN
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,12 @@ def register(op: CustomOp) -> CustomOp:
 
 
 def load() -> dict[str, CustomOp]:
-    """The registry, every op file imported."""
-    from . import entmax, rms_norm, sparsemax, standardize  # noqa: F401
+    """The registry, every op file of this package imported (a new file is all a new op takes)."""
+    import importlib
+    import pkgutil
 
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
     return OPS
 
 
