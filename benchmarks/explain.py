@@ -30,7 +30,7 @@ from architectures import ResNet, randomize_batchnorm  # noqa: E402
 from common import ok, quiet, rss_mb, store  # noqa: E402
 
 from rewriter import rewrite  # noqa: E402
-from rewriter.explaining import run_explanation  # noqa: E402
+from rewriter.explanation import run_explanation  # noqa: E402
 
 EXPLAINERS = ("shap", "captum", "exact")
 

@@ -28,7 +28,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import BertConfig, BertForSequenceClassification
 
 from rewriter import rewrite
-from rewriter.explaining import run_explanation
+from rewriter.explanation import run_explanation
 from rewriter.plots import plot_attributions
 
 WORDS = ["the", "food", "was", "service", "staff", "room", "view", "price", "place", "menu", "quite", "rather", "very", "a", "bit", "really", "fairly", "good", "fine", "okay", "nice", "plain", "bland", "slow", "clean", "noisy", "small", "warm", "cold"]

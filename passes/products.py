@@ -3,7 +3,7 @@
 For a bilinear ``y = f(a, b)`` (elementwise product, matrix product, two-operand einsum) the
 two-player Shapley rule is exact: ``Δy = f(Δa, (b + b')/2) + f((a + a')/2, Δb)``. Neither
 explainer ships that rule, so such nodes become ``shaprewrite.Shapley*`` nodes, imported as
-one ``ShapleyProduct`` module each, whose rule ``rewriter.explainers`` registers. A
+one ``ShapleyProduct`` module each, whose rule ``rewriter.registration`` registers. A
 product with a constant is linear and stays as it is. Division by an input-dependent
 tensor is a product with its reciprocal (an elementwise module).
 

@@ -7,14 +7,14 @@
     attributions = explain("model.pt", rows, background)   # checked to add up, batch by batch
 
 ``import rewriter`` is light (torch is imported on first use of the API) and registers the
-explainer rules rewritten models rely on (see :mod:`rewriter.explainers`).
+explainer rules rewritten models rely on (see :mod:`rewriter.registration`).
 """
 
 from __future__ import annotations
 
 import importlib
 
-from . import explainers
+from . import registration
 from .errors import (
     AdditivityError,
     ConversionError,
@@ -30,7 +30,7 @@ from .errors import (
 __version__ = "0.1.0"
 
 # The public API by the module that defines it, imported on first use.
-_API = {"rewrite": "api", "explain": "explaining", "inspect": "api", "load": "artifact", "save": "artifact", "RewriteReport": "report",
+_API = {"rewrite": "api", "explain": "explanation", "inspect": "api", "load": "artifact", "save": "artifact", "RewriteReport": "report",
         "ExplainableModule": "result"}
 
 
@@ -46,7 +46,7 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_API])
 
 
-explainers.install()
+registration.install()
 
 __all__ = [
     "AdditivityError",

@@ -8,7 +8,7 @@ output barely moves from its references' (a saturated classifier, logits of 3 mo
 its near-zero difference. NaN anywhere makes the error infinite: a check never passes on NaN.
 
 The self-check (``rewrite(..., check=True)``) runs each installed explainer on the result
-through the explanation step (:mod:`rewriter.explaining`), every output, and records the
+through the explanation step (:mod:`rewriter.explanation`), every output, and records the
 worst row's error; the functions below run one explainer directly on a module, as a user
 would, for tests and benchmarks.
 """
@@ -109,7 +109,7 @@ def self_check(model: nn.Module, background: Sequence[torch.Tensor], inputs: Seq
     """Run every installed explainer on every output of ``model`` (a rewritten module, given
     its source's inputs) through the explanation step; the worst row's error, per explainer,
     or what the explainer raised."""
-    from .explaining import run_explanation
+    from .explanation import run_explanation
 
     found: dict[str, float | str] = {}
     with GATE.run(), torch.no_grad():

@@ -59,7 +59,7 @@ def _positive(text: str) -> int:
 
 
 def build_explain_parser() -> argparse.ArgumentParser:
-    from .explaining import ENGINES, EXPLAINERS
+    from .explanation import ENGINES, EXPLAINERS
 
     parser = argparse.ArgumentParser(
         prog="shaprewrite explain", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
@@ -131,7 +131,7 @@ def _vocabulary(path: str | None) -> list[str] | None:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from .explaining import run_explanation
+    from .explanation import run_explanation
 
     out = Path(args.out)
     inputs = read_arrays(args.inputs)

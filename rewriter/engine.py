@@ -187,10 +187,10 @@ def _per_pair(value: torch.Tensor, rows: int, count: int) -> torch.Tensor:
 
 def _rule_of(leaf: nn.Module, deep_pytorch):
     """How ``leaf`` applies shap's rule for it, or None where it needs nothing (linear layers)."""
-    from .explainers import rescale_modules
     from .modules import ExactRule
     from .ops.exact_max_pool import ExactMaxPool
     from .ops.shapley import ShapleyProduct
+    from .registration import rescale_modules
 
     handler = deep_pytorch.op_handler.get(type(leaf).__name__)
     kind = getattr(handler, "__name__", None)
@@ -216,7 +216,7 @@ def _surrogate(x: torch.Tensor, y: torch.Tensor, multipliers: torch.Tensor) -> t
 
 def _rescaled(module, x, y, x_row, y_row) -> torch.Tensor:
     """shap's rescale rule (``nonlinear_1d``): ``Δy/Δx``, the reference's own derivative where
-    ``|Δx| < 1e-6``; 0 there where that derivative is infinite (see ``rewriter.explainers``)."""
+    ``|Δx| < 1e-6``; 0 there where that derivative is infinite (see ``rewriter.registration``)."""
     delta = x_row - x.detach()
     with torch.enable_grad():
         point = x.detach().requires_grad_()

@@ -186,7 +186,7 @@ class ExactRule(nn.Module):
 
     Explainers hook one input per module and run batches ``[inputs; references]``; the
     rule maps the gradient reaching the output to multipliers for the input. A subclass
-    is all it takes to add a rule: ``rewriter.explainers`` finds it and registers the rule,
+    is all it takes to add a rule: ``rewriter.registration`` finds it and registers the rule,
     and the report labels its nodes with ``report_kind``.
     """
 

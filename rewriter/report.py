@@ -5,7 +5,7 @@ Every call in the result's graph is classified:
 * ``linear``: linear in its input-dependent operands (conv, matmul with a constant, add,
   reshape, pooling by average...): the gradient is the exact multiplier;
 * ``rescale``: a one-input elementwise module; ``native`` when the explainer ships the rule,
-  ``registered`` when ``rewriter.explainers`` added it;
+  ``registered`` when ``rewriter.registration`` added it;
 * ``maxpool``: a non-overlapping max pool (the explainers' own rule is exact), or an
   ExactMaxPool (a registered rule that is exact for overlapping windows);
 * ``product``: a Shapley product (registered rule);
@@ -32,7 +32,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from . import explainers, functional, modules
+from . import functional, modules, registration
 from .interface import OutputChoice
 from .passes import PassResult
 
@@ -76,8 +76,8 @@ def _is_float_node(node: fx.Node) -> bool:
 
 def _explainer_tables() -> dict[str, tuple[set[str], set[str]]]:
     """Installed explainers: the module class names each has a rule for, and which of them
-    shaprewrite adds (see :func:`rewriter.explainers.handled`)."""
-    found = {name: explainers.handled(name) for name in ("shap", "captum")}
+    shaprewrite adds (see :func:`rewriter.registration.handled`)."""
+    found = {name: registration.handled(name) for name in ("shap", "captum")}
     return {name: tables for name, tables in found.items() if tables is not None}
 
 
@@ -97,7 +97,7 @@ def _module_treatment(module: nn.Module, explainer: str, handled: set[str], ours
         overlapping = as_tuple(module.kernel_size) != as_tuple(module.stride) or module.ceil_mode \
             or any(p != 0 for p in as_tuple(module.padding))
         return ("approximate", "overlapping max pooling") if overlapping else ("maxpool", None)
-    if cls in explainers.rescale_modules():
+    if cls in registration.rescale_modules():
         if cls.__name__ not in handled:
             return "approximate", f"{explainer} has no rule for {cls.__name__}"
         origin = "registered" if cls.__name__ in ours else "native"

@@ -51,7 +51,7 @@ def assert_engine_matches_the_explainers(module, background, inputs, rtol: float
     the same module, rows and background: within ``rtol`` of the largest attribution."""
     import numpy as np
 
-    from rewriter.explaining import run_explanation
+    from rewriter.explanation import run_explanation
 
     inputs, background = _tuple(inputs), _tuple(background)
     found = {name: run_explanation(module, inputs, background, explainer=name, progress=False, threshold=None)

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 from onnx_graphs import const, model
 from torch import nn
 
-from rewriter import explainers, rewrite
+from rewriter import registration, rewrite
 
 EXACT = 1e-4
 
@@ -129,7 +129,7 @@ def test_exact_without_shap_selu_and_gelu(name, old_shap_handler_table):
     # SELU is decomposed (no SELU module left); GELU is taught to this shap the way it is
     # taught on import, since the table was cut after that.
     assert "SELU" not in {type(m).__name__ for m in result.modules()}
-    assert "GELU" in explainers.register_shap(shap_deep) or "gelu" not in name
+    assert "GELU" in registration.register_shap(shap_deep) or "gelu" not in name
     assert shap_relative_error(result, torch.randn(10, *shape), torch.randn(3, *shape)) < EXACT
 
 
@@ -150,8 +150,8 @@ def test_registration_is_automatic_on_import_of_rewriter():
 
 
 def test_registration_is_idempotent_and_additive_only():
-    first = explainers.register()
-    again = explainers.register()
+    first = registration.register()
+    again = registration.register()
     assert all(not added for added in again.values())
     assert shap_deep.op_handler["MaxPool2d"] is shap_deep.maxpool  # native entries untouched
     assert isinstance(first, dict)

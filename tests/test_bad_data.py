@@ -213,7 +213,7 @@ def test_the_command_refuses_nan_rows_and_a_nan_threshold(small, tmp_path):
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float64, "bfloat16"])
 def test_other_float_types_are_converted_with_a_note(small, dtype):
-    from rewriter.explaining import run_explanation
+    from rewriter.explanation import run_explanation
 
     module, rows = small
     given = torch.from_numpy(rows).to(torch.bfloat16) if dtype == "bfloat16" else rows.astype(dtype)

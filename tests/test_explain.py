@@ -16,7 +16,7 @@ from architectures import FunctionalMLP, ResNetStyle, TwoInputNet, randomize_bat
 
 from rewriter import AdditivityError, InputError, explain, rewrite, save
 from rewriter.cli import main
-from rewriter.explaining import run_explanation
+from rewriter.explanation import run_explanation
 
 CLI = [sys.executable, "-m", "rewriter"]
 RNG = np.random.default_rng(0)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from rewriter import rewrite
-from rewriter.explaining import run_explanation
+from rewriter.explanation import run_explanation
 
 
 def _explained_exactly(module, rows, background) -> None:

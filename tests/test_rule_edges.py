@@ -14,8 +14,8 @@ import torch
 from explain import captum_relative_delta, shap_relative_error
 from torch import nn
 
-from rewriter import explainers, modules, rewrite
-from rewriter.explaining import run_explanation
+from rewriter import modules, registration, rewrite
+from rewriter.explanation import run_explanation
 
 # Where each function is finite but its derivative is not (at 0 otherwise; a pole such as
 # log's or 1/x's at 0 gives an infinite output, which verification refuses).
@@ -24,7 +24,7 @@ EDGES = {"Sqrt": 0.0, "Pow": 0.0, "Asin": 1.0, "Acos": 1.0, "Acosh": 1.0}
 
 def _instances() -> list[nn.Module]:
     found = []
-    for cls in explainers.rescale_modules():
+    for cls in registration.rescale_modules():
         if cls is modules.Pow:
             found.append(cls(0.5))
         elif cls is modules.Clip:

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 from torch import nn
 
 from rewriter import rewrite
-from rewriter.explaining import run_explanation
+from rewriter.explanation import run_explanation
 
 
 class FrequencyFilter(nn.Module):

@@ -15,7 +15,7 @@ import torch
 from captum.attr import DeepLift
 
 from rewriter import explain, load, rewrite, save
-from rewriter.explaining import run_explanation
+from rewriter.explanation import run_explanation
 
 transformers = pytest.importorskip("transformers")
 

@@ -10,7 +10,7 @@ from explain import assert_complete, numeric_path_average_vjp
 from torch import nn
 
 from rewriter import rewrite
-from rewriter.explaining import run_explanation
+from rewriter.explanation import run_explanation
 from rewriter.ops.entmax import Entmax15, entmax15, path_average_vjp
 from rewriter.ops.sparsemax import Sparsemax
 

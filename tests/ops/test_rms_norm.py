@@ -11,7 +11,7 @@ from explain import assert_complete, numeric_path_average_vjp
 from torch import nn
 
 from rewriter import rewrite
-from rewriter.explaining import run_explanation
+from rewriter.explanation import run_explanation
 from rewriter.ops.rms_norm import RMSNorm, path_average_vjp, rms_norm
 
 N = 8

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from rewriter import rewrite
-from rewriter.explaining import run_explanation
+from rewriter.explanation import run_explanation
 from rewriter.ops.standardize import Standardize
 
 N = 8

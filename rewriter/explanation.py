@@ -555,7 +555,7 @@ def _device(name: str) -> torch.device:
 def _progress(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="row", desc="explaining", disable=not enabled, file=sys.stderr)
+    return tqdm(total=total, unit="row", desc="explanation", disable=not enabled, file=sys.stderr)
 
 
 # -- Ray ------------------------------------------------------------------------------------
