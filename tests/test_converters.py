@@ -135,6 +135,7 @@ EXTRA = {
     "ours_standardize": _ours("Standardize", epsilon=1e-5),
     "ours_rms_norm": _ours("RMSNorm", epsilon=1e-6),
     "ours_sparsemax": _ours("Sparsemax", ((6,),)),
+    "ours_shapley_pow": _ours("ShapleyPow", ((4,), (4,))),
     "ours_entmax15": _ours("Entmax15", ((6,),)),
     "ours_shapley_mul": _ours("ShapleyMul", ((4,), (4,))),
     "ours_shapley_matmul": _ours("ShapleyMatMul", ((2, 3), (3, 4))),
