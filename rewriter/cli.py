@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import threading
@@ -13,16 +12,23 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import AdditivityError, InputError, OutputError, ShapRewriteError, UnsupportedOpError
+from .errors import (
+    AdditivityError,
+    ExportError,
+    InputError,
+    OutputError,
+    ShapRewriteError,
+    UnsupportedOpError,
+    VerificationError,
+    exit_codes,
+)
+from .files import check_output_path
 
 if TYPE_CHECKING:
     from .report import RewriteReport
 
-EXIT_CODES = """\
-exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 4 unsupported op,
-5 export failed, 6 verification failed, 7 self-check failed, 8 cannot write output,
-9 the Ray engine failed (explain)
-"""
+EXIT_CODES = exit_codes(InputError, UnsupportedOpError, ExportError, VerificationError, AdditivityError,
+                        OutputError)
 
 EXAMPLES = f"""\
 examples:
@@ -121,18 +127,6 @@ def build_inspect_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_output(output: Path, force: bool) -> None:
-    if output.exists() and output.is_dir():
-        raise OutputError(f"output '{output}' is a directory", fix="give a file path such as model.pt")
-    if output.exists() and not force:
-        raise OutputError(f"output '{output}' already exists", fix="pass --force to overwrite it")
-    if not output.parent.is_dir():
-        raise OutputError(f"the output directory '{output.parent}' does not exist", fix="create it first")
-    if not os.access(output.parent, os.W_OK):
-        raise OutputError(f"the output directory '{output.parent}' is not writable",
-                          fix="choose a writable directory")
-
-
 class _Terminal:
     """Progress and the summary, on stderr unless quiet."""
 
@@ -200,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
     from .artifact import save
 
     output = Path(args.output)
-    _check_output(output, args.force)
+    check_output_path(output, args.force)
     if Path(args.input).resolve() == output.resolve():
         raise InputError("input and output are the same file", fix="write the output to another path")
     terminal = _Terminal(args.quiet)

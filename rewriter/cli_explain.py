@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from .arrays import read_arrays
-from .errors import InputError, OutputError
+from .errors import AdditivityError, EngineError, InputError, OutputError, exit_codes
+from .files import check_output_path
 
 EXAMPLES = """\
 examples:
@@ -27,9 +28,7 @@ outputs (per token for ids): .npy for one explained input, .npz (named like the 
 for several. Every batch is checked to add up to f(x) - mean f(references); a row above
 --threshold fails the run (exit 7) and nothing is written.
 
-exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 7 attributions do not add up,
-8 cannot write output, 9 the Ray engine failed
-"""
+""" + exit_codes(InputError, AdditivityError, OutputError, EngineError)
 
 
 def _token(text: str) -> int:
@@ -97,14 +96,6 @@ def build_explain_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_writable(path: Path, force: bool) -> None:
-    if path.exists() and not force:
-        raise OutputError(f"output '{path}' already exists", fix="pass --force to overwrite it")
-    if path.is_dir() or not path.parent.is_dir():
-        raise OutputError(f"cannot write '{path}': its directory does not exist or it is one",
-                          fix="give a file path in an existing directory")
-
-
 def _write_attributions(path: Path, names: list[str], values: list[np.ndarray], force: bool) -> None:
     from .files import write_atomically
 
@@ -137,9 +128,9 @@ def run_explain(args: argparse.Namespace) -> int:
     inputs = read_arrays(args.inputs)
     background = read_arrays(args.background) if args.background else None
     vocabulary = _vocabulary(args.tokens)
-    _check_writable(out, args.force)
+    check_output_path(out, args.force)
     if args.plot:
-        _check_writable(Path(args.plot), args.force)
+        check_output_path(Path(args.plot), args.force)
     show = not args.quiet
     result = run_explanation(args.model, _as_given(inputs, args.inputs),
                              None if background is None else _as_given(background, args.background),

@@ -19,6 +19,7 @@ class ShapRewriteError(Exception):
     """Base class of every error shaprewrite raises on purpose."""
 
     exit_code = 1
+    exit_text = "internal error"  # what the CLI's help says the exit code means
 
     def __init__(self, message: str, *, fix: str | None = None, node: str | None = None,
                  op_type: str | None = None) -> None:
@@ -43,12 +44,14 @@ class InputError(ShapRewriteError):
     """The input could not be read, or is not a valid model."""
 
     exit_code = 3
+    exit_text = "bad input"
 
 
 class UnsupportedOpError(ShapRewriteError):
     """The graph uses ops that have no converter. ``ops`` maps op type to one node using it."""
 
     exit_code = 4
+    exit_text = "unsupported op"
 
     def __init__(self, ops: dict[str, str]) -> None:
         self.ops = dict(sorted(ops.items()))
@@ -66,12 +69,14 @@ class ConversionError(ShapRewriteError):
     """A supported op carries attributes or inputs the converter cannot translate faithfully."""
 
     exit_code = 4
+    exit_text = "unsupported op"
 
 
 class ExportError(ShapRewriteError):
     """The torch model could not be exported to ONNX."""
 
     exit_code = 5
+    exit_text = "export failed"
 
 
 class VerificationError(ShapRewriteError):
@@ -82,6 +87,7 @@ class VerificationError(ShapRewriteError):
     """
 
     exit_code = 6
+    exit_text = "verification failed"
 
     def __init__(self, message: str, diffs: list[dict] | None = None, *, fix: str | None = None) -> None:
         self.diffs = list(diffs or [])
@@ -103,6 +109,7 @@ class AdditivityError(ShapRewriteError):
     on the rows it names in ``rows`` (or an explainer failed)."""
 
     exit_code = 7
+    exit_text = "attributions do not add up"
 
     def __init__(self, message: str, *, fix: str | None = None, rows: list[int] | None = None) -> None:
         self.rows = list(rows or [])
@@ -113,6 +120,7 @@ class OutputError(ShapRewriteError):
     """The output file could not be written where asked."""
 
     exit_code = 8
+    exit_text = "cannot write output"
 
 
 class EngineError(ShapRewriteError):
@@ -120,3 +128,15 @@ class EngineError(ShapRewriteError):
     its retries."""
 
     exit_code = 9
+    exit_text = "the Ray engine failed"
+
+
+def exit_codes(*errors: type[ShapRewriteError]) -> str:
+    """The help text listing a command's exit codes, read from the errors it can end with."""
+    import textwrap
+
+    meanings = {0: "ok", 1: "internal error", 2: "usage"}
+    for error in sorted(errors, key=lambda e: e.exit_code):
+        meanings.setdefault(error.exit_code, error.exit_text)
+    listing = ", ".join(f"{code} {text}" for code, text in sorted(meanings.items()))
+    return textwrap.fill(f"exit codes: {listing}", 88) + "\n"

@@ -64,6 +64,21 @@ def read_input(path: str | os.PathLike, what: str = "input", limit: int | None =
                              fix="check the file's permissions") from exc
 
 
+def check_output_path(output: str | os.PathLike, force: bool) -> None:
+    """Refuse, before any work, an output path that cannot be written: a directory, an
+    existing file without ``force``, a missing or read-only directory."""
+    output = Path(output)
+    if output.is_dir():
+        raise OutputError(f"output '{output}' is a directory", fix="give a file path such as model.pt")
+    if output.exists() and not force:
+        raise OutputError(f"output '{output}' already exists", fix="pass --force to overwrite it")
+    if not output.parent.is_dir():
+        raise OutputError(f"the output directory '{output.parent}' does not exist", fix="create it first")
+    if not os.access(output.parent, os.W_OK):
+        raise OutputError(f"the output directory '{output.parent}' is not writable",
+                          fix="choose a writable directory")
+
+
 def write_atomically(write: Callable[[BinaryIO], object], output: str | os.PathLike, *,
                      overwrite: bool = True) -> None:
     """Write through ``write(handle)`` to a temporary file beside ``output``, then move it into

@@ -142,3 +142,17 @@ def test_cli_help_shows_an_example():
     result = shaprewrite("--help")
     assert result.returncode == 0
     assert "shaprewrite model.onnx model.pt" in result.stdout
+
+
+def test_the_help_lists_each_commands_exit_codes_from_the_errors_themselves():
+    from rewriter import errors
+    from rewriter.cli import build_parser
+    from rewriter.cli_explain import build_explain_parser
+
+    rewrite_help, explain_help = build_parser().epilog, build_explain_parser().epilog
+    for error in (errors.InputError, errors.UnsupportedOpError, errors.ExportError, errors.VerificationError,
+                  errors.AdditivityError, errors.OutputError):
+        assert f"{error.exit_code} {error.exit_text}" in " ".join(rewrite_help.split())
+    for error in (errors.InputError, errors.AdditivityError, errors.OutputError, errors.EngineError):
+        assert f"{error.exit_code} {error.exit_text}" in " ".join(explain_help.split())
+    assert "5 export failed" not in explain_help  # explain never exports

@@ -192,7 +192,7 @@ def test_the_command_takes_npz_for_several_inputs(two_inputs, tmp_path):
 @pytest.mark.parametrize("case, code, message", [
     ("missing_model", 3, "does not exist"),
     ("mismatched", 3, "background"),
-    ("unwritable", 8, "cannot write"),
+    ("unwritable", 8, "does not exist. Fix: create it first"),
     ("pickle", 3, "plain arrays"),
     ("exists", 8, "already exists"),
 ])
