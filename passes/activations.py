@@ -33,7 +33,7 @@ from ..onnxkit.graph import (
     replace_output,
     scalar_value,
 )
-from ..ops.activations import GELU_ERF, GELU_TANH, HARD_SWISH, MISH, SILU
+from ..ops.fused_activations import GELU_ERF, GELU_TANH, HARD_SWISH, MISH, SILU
 from .base import PassOptions, PassResult, graph_pass, replace_each
 
 # -- matching ----------------------------------------------------------------------------
@@ -215,21 +215,32 @@ def _match_softplus_log(node: gs.Node) -> Match:
 
 def _match_softplus_threshold(node: gs.Node) -> Match:
     """torch's softplus as the dynamo exporter writes it at beta 1:
-    ``where(x*1 > threshold, x, softplus(x*1) / 1)`` (the branches agree to float precision)."""
+    ``where(x*1 > threshold, x, softplus(x*1) / 1)`` (the branches agree to float precision),
+    or with the scalings by 1 already folded away: ``where(x > threshold, x, softplus(x))``."""
     if node.op != "Softplus":
         return None
     scale = producer(node.inputs[0])
     x = _split_mul(scale, 1.0)
+    pieces = [scale, node] if x is not None else [node]
+    x = node.inputs[0] if x is None else x
     div = _consumer(node.outputs[0], "Div")
-    if x is None or div is None or not is_const(div.inputs[1], 1.0):
-        return None
-    where = _consumer(div.outputs[0], "Where")
+    if div is not None and is_const(div.inputs[1], 1.0):
+        pieces.append(div)
+        result = div.outputs[0]
+    else:
+        result = node.outputs[0]
+    where = _consumer(result, "Where")
     greater = producer(where.inputs[0]) if where is not None else None
-    if where is None or where.inputs[1] is not x or where.inputs[2] is not div.outputs[0] \
+    if where is None or where.inputs[1] is not x or where.inputs[2] is not result \
             or greater is None or greater.op != "Greater" or greater.inputs[0] is not node.inputs[0]:
+        if len(pieces) == 1:
+            return None  # a plain Softplus: nothing to fuse
         return Declined("softplus(x * 1) / 1 is not guarded by where(x > threshold, x, .) as torch's "
                         "softplus at beta 1 is")
-    return Fusion(x, "Softplus", [scale, node, div, greater, where])
+    threshold = scalar_value(greater.inputs[1])
+    if threshold is None or threshold < 15:  # above 15, softplus(x) and x agree in float32
+        return Declined(f"where(x > {threshold}, x, softplus(x)) differs from softplus below x = 15")
+    return Fusion(x, "Softplus", [*pieces, greater, where])
 
 
 def _match_softsign(node: gs.Node) -> Match:

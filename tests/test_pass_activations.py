@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from onnx import helper
 from pass_harness import apply, build, const, randn, same_outputs
 
@@ -112,3 +113,16 @@ def test_mish_whose_softplus_is_read_elsewhere_is_declined():
     after, result, ops = apply(fuse_activations, model)
     assert "Mish" not in ops and "read elsewhere" in result.declined["tanh"]
     same_outputs(model, after, {"x": randn(3, 6)})
+
+
+@pytest.mark.parametrize("threshold, fused", [(20.0, True), (1.0, False)])
+def test_softplus_guarded_by_where_is_fused_only_at_a_threshold_where_they_agree(threshold, fused):
+    """``where(x > t, x, softplus(x))`` is torch's softplus with its scalings by 1 folded
+    away, for a large ``t``; at ``t = 1`` it is another function and is declined."""
+    nodes = [helper.make_node("Softplus", ["x"], ["s"], name="softplus"),
+             helper.make_node("Greater", ["x", "t"], ["g"]), helper.make_node("Where", ["g", "x", "s"], ["y"])]
+    model = build(nodes, {"x": ["n", 5]}, [const("t", np.float32(threshold))])
+    after, result, ops = apply(fuse_activations, model)
+    same_outputs(model, after, {"x": 8 * randn(3, 5)})
+    assert (ops == ["Softplus"]) is fused
+    assert ("softplus" in result.declined) is not fused

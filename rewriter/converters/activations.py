@@ -30,7 +30,7 @@ def unary(ctx):
     return leaf(ctx, cls())
 
 
-# Ops whose torch module takes no arguments (the activations the passes fuse: rewriter/ops/activations.py).
+# Ops whose torch module takes no arguments (the activations the passes fuse: rewriter/ops/fused_activations.py).
 _PLAIN = {"Relu": nn.ReLU, "Sigmoid": nn.Sigmoid, "Tanh": nn.Tanh, "Softplus": nn.Softplus,
           "Softsign": nn.Softsign, "Mish": nn.Mish, "HardSwish": nn.Hardswish}
 
