@@ -184,3 +184,13 @@ def test_every_functional_helper_says_how_it_is_explained():
     missing = sorted(name for name, f in helpers.items() if not hasattr(f, "explained_as"))
     assert missing == []
     assert {f.explained_as[0] for f in helpers.values()} <= {"linear", "bilinear", "value_free", "discrete"}
+
+
+def test_the_schema_knows_the_kind_of_every_module_with_a_rule_of_its_own():
+    """A new op's ``report_kind`` must be added to the schema, or every report holding it
+    fails validation: caught here rather than by a user's validator."""
+    from rewriter.modules import exact_rule_classes
+
+    kinds = set(load_schema()["$defs"]["kind"]["enum"])
+    missing = {cls.__name__: cls.report_kind for cls in exact_rule_classes() if cls.report_kind not in kinds}
+    assert missing == {}
