@@ -395,6 +395,17 @@ def onnx_space_to_depth(x: torch.Tensor, blocksize: int, mode: str = "DCR") -> t
 
 
 @linear
+def onnx_col2im(x: torch.Tensor, image_shape: Sequence[int], block_shape: Sequence[int], dilations: Sequence[int],
+                pads: Sequence[int], strides: Sequence[int]) -> torch.Tensor:
+    """ONNX Col2Im over two spatial dims: the blocks summed back into the image (torch's
+    ``fold``), padded by ``pads`` (begins, then ends) and cropped to ``image_shape``."""
+    begin, end = list(pads[:2]), list(pads[2:])
+    padded = [size + b + e for size, b, e in zip(image_shape, begin, end)]
+    folded = F.fold(x, padded, list(block_shape), dilation=list(dilations), padding=0, stride=list(strides))
+    return folded[..., begin[0]:begin[0] + image_shape[0], begin[1]:begin[1] + image_shape[1]]
+
+
+@linear
 def onnx_trilu(x: torch.Tensor, k: int = 0, upper: int = 1) -> torch.Tensor:
     return torch.triu(x, k) if upper else torch.tril(x, k)
 

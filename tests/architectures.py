@@ -958,3 +958,29 @@ class SequenceFirstGate(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.transpose(0, 1)
         return self.out((self.value(x) * torch.sigmoid(self.gate(x))).mean(0))
+
+
+class OutlookAttention(nn.Module):
+    """VOLO's outlooker attention, as timm writes it: each position's k x k window of values
+    (``unfold``) mixed by weights the centre position computes, summed back (``fold``, which
+    exports to ONNX Col2Im)."""
+
+    def __init__(self, dim: int = 8, heads: int = 2, kernel: int = 3) -> None:
+        super().__init__()
+        self.heads, self.kernel, self.scale = heads, kernel, (dim // heads) ** -0.5
+        self.v = nn.Linear(dim, dim, bias=False)
+        self.attn = nn.Linear(dim, kernel ** 4 * heads)
+        self.proj = nn.Linear(dim, dim)
+        self.unfold = nn.Unfold(kernel_size=kernel, padding=kernel // 2)
+        self.head = nn.Linear(dim * 16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, 4, 4, dim]
+        b, h, w, c = x.shape
+        k2, d = self.kernel ** 2, c // self.heads
+        v = self.v(x).permute(0, 3, 1, 2)
+        v = self.unfold(v).reshape(b, self.heads, d, k2, h * w).permute(0, 1, 4, 3, 2)
+        a = self.attn(x).reshape(b, h * w, self.heads, k2, k2).permute(0, 2, 1, 3, 4)
+        a = (a * self.scale).softmax(dim=-1)
+        out = (a @ v).permute(0, 1, 4, 3, 2).reshape(b, c * k2, h * w)
+        out = F.fold(out, output_size=(h, w), kernel_size=self.kernel, padding=self.kernel // 2)
+        return self.head(self.proj(out.permute(0, 2, 3, 1)).flatten(1))

@@ -13,6 +13,7 @@ from architectures import (
     GroupNormBlock,
     LayerNormBlock,
     MultiheadEncoder,
+    OutlookAttention,
     ResNetStem,
     RMSNormBlock,
     SDPAttention,
@@ -48,6 +49,7 @@ MODELS = {
     "transformer_mha": (lambda: MultiheadEncoder(), (5, 4), "shapley_products"),
     "sdpa": (lambda: SDPAttention(), (5, 8), "shapley_products"),
     "convnext": (lambda: ConvNeXtBlock(), IMAGE, "decompose_normalization"),
+    "outlooker": (lambda: OutlookAttention(), (4, 4, 8), "shapley_products"),
 }
 
 
@@ -131,6 +133,8 @@ def test_products_and_norms_become_rule_modules(case):
     kinds = {type(m) for m in rewritten.modules()}
     if name in ("squeeze_excite", "gated_mlp", "transformer_mha", "sdpa"):
         assert ShapleyProduct in kinds
+    if name == "outlooker":  # its fold, exported as Col2Im
+        assert "onnx_col2im" in rewritten.code
     if name == "rmsnorm":  # both its written-out form and nn.RMSNorm
         assert sum(isinstance(m, RMSNorm) for m in rewritten.modules()) == 2
     if name in ("layernorm", "groupnorm", "convnext", "transformer_mha"):

@@ -185,6 +185,12 @@ CASES = {
     "space_to_depth": case("SpaceToDepth", [[2, 4, 4]], {"blocksize": 2}),
     "cumsum_reverse": case("CumSum", [[5]], {"reverse": 1, "exclusive": 1}, consts={1: i64(1)}),
     "trilu": case("Trilu", [[4, 4]], {"upper": 0}),
+    # Col2Im (torch's fold, timm's VOLO): 3 channels of 2x2 blocks over a 5x5 image, stride 1.
+    "col2im": case("Col2Im", [[12, 16]], consts={1: np.array([5, 5], np.int64), 2: np.array([2, 2], np.int64)},
+                   opset=18),
+    "col2im_strided_padded": case("Col2Im", [[12, 9]], {"strides": [2, 2], "pads": [1, 0, 0, 1],
+                                                        "dilations": [1, 1]},
+                                  consts={1: np.array([5, 5], np.int64), 2: np.array([2, 2], np.int64)}, opset=18),
     "einsum": case("Einsum", [[3, 4], [4, 2]], {"equation": "bij,bjk->bik"}),
 }
 

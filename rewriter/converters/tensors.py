@@ -287,6 +287,17 @@ def space_to_depth(ctx):
     return ctx.call(functional.onnx_space_to_depth, ctx.input(0), ctx.attr("blocksize"), ctx.attr("mode", "DCR"))
 
 
+@converter("Col2Im")
+def col2im(ctx):
+    image, block = ctx.ints(1), ctx.ints(2)
+    ctx.require(image is not None and block is not None, "Col2Im needs a constant image and block shape")
+    # torch's fold is two-dimensional (as nn.Fold, which exports to Col2Im); onnxruntime's own
+    # one-dimensional Col2Im disagrees with the spec past the first channel.
+    ctx.require(len(image) == 2, f"Col2Im over {len(image)} spatial dims is not supported (2 are)")
+    return ctx.call(functional.onnx_col2im, ctx.input(0), image, block, ctx.attr("dilations", [1, 1]),
+                    ctx.attr("pads", [0, 0, 0, 0]), ctx.attr("strides", [1, 1]))
+
+
 @converter("Trilu")
 def trilu(ctx):
     k = ctx.ints(1)
