@@ -22,3 +22,12 @@ def test_the_toolkit_imports_nothing_above_it():
 
 def test_no_import_cycles():
     assert cycles() == []
+
+
+def test_every_op_has_its_tests_beside_it_under_the_same_name():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    ops = {p.stem for p in (root / "rewriter" / "ops").glob("*.py") if p.stem != "__init__"}
+    tested = {p.stem.removeprefix("test_") for p in (root / "tests" / "ops").glob("test_*.py")}
+    assert sorted(ops - tested) == []
