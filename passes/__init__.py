@@ -19,6 +19,7 @@ from .maxima import exact_maxima
 from .normalization import decompose_log_softmax, decompose_normalization
 from .precision import half_precision_type, upcast_half_precision, upcast_model
 from .products import shapley_products
+from .sequence_lengths import drop_full_sequence_lengths
 from .shapes import measure_shapes
 
 # The one list of passes, in the order they run.
@@ -32,6 +33,7 @@ PIPELINE: list[GraphPass] = [
     refuse_oversized_values,
     fold_large_constants,
     measure_shapes,
+    drop_full_sequence_lengths,
     unroll_loops,
     fuse_custom_ops,
     fuse_activations,

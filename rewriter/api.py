@@ -8,7 +8,7 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -38,6 +38,7 @@ from .interface import (
     OutputChoice,
     Selector,
     choose_outputs,
+    fixed_rows,
     flatten_call,
     flatten_outputs,
     keep_onnx_outputs,
@@ -160,6 +161,9 @@ class _Source:
     report: RewriteReport
     class_name: str
     fixed_batch: bool = False  # exported at a fixed batch and made batch-free
+    # The flattened source inputs by name, when they are more than the graph's: an exporter
+    # drops inputs the model never reads (pytorch-forecasting's dict batch has several).
+    source_names: list[str] | None = None
     interface: dict = field(default_factory=dict)  # see ExplainableModule.interface
     main: LightModel | None = None  # what the passes rewrite: ``prepared``, or its part after the embeddings
     embedder: ExplainableModule | None = None
@@ -168,20 +172,24 @@ class _Source:
         """Cut the model at its embedding lookups, where it has any (see :mod:`rewriter.embedding`)."""
         split = split_embeddings(self.prepared)
         names = [vi.name for vi in runtime_inputs(self.prepared.proto.graph)]
-        self.interface = {"source_inputs": names, "embedder_inputs": [],
+        given = self.source_names if self.source_names and set(names) <= set(self.source_names) else names
+        self.interface = {"source_inputs": given, "embedder_inputs": [],
                           "outputs": self.report.outputs.as_dict() if self.report.outputs else None}
+
+        def from_source(entry: dict) -> dict:  # a graph input's position among the source's inputs
+            return {**entry, "source": given.index(names[entry["source"]])} if "source" in entry else entry
+
         if split is None:
             self.main = self.prepared
-            floats = [self.prepared.proto.graph.input[i] for i in range(len(self.prepared.proto.graph.input))]
-            kinds = {vi.name: vi.type.tensor_type.elem_type for vi in floats}
+            kinds = {vi.name: vi.type.tensor_type.elem_type for vi in self.prepared.proto.graph.input}
             explained = [{"name": n, "role": "explained", "source": i} for i, n in enumerate(names)
                          if kinds.get(n) in _ONNX_FLOATS]
             context = [{"name": n, "role": "context", "source": i} for i, n in enumerate(names)
                        if kinds.get(n) not in _ONNX_FLOATS]
-            self.interface["inputs"] = explained + context
+            self.interface["inputs"] = [from_source(entry) for entry in explained + context]
             return
         self.main = split.main
-        self.interface["inputs"] = [entry.as_dict() for entry in split.inputs]
+        self.interface["inputs"] = [from_source(entry.as_dict()) for entry in split.inputs]
         self.interface["embedder_inputs"] = [vi.name for vi in split.embedder.graph.input]
         held = {name: tensor_from_array(c.values) for name, c in self.prepared.held.items()
                 if name in {t.name for t in split.embedder.graph.initializer}}
@@ -197,13 +205,14 @@ def _as_float32(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     return tuple(t.float() if isinstance(t, torch.Tensor) and t.dtype in _HALF else t for t in inputs)
 
 
-def _torch_source(model: nn.Module, args: tuple, kwargs: Mapping, output: Selector, exporter: str,
+def _torch_source(model: nn.Module, call: _Call, exporter: str,
                   opset: int | None, fixed_batch: bool, extra_row: bool = False) -> _Source:
     """The model as its users call it (see :mod:`rewriter.interface`), flattened to named
     positional tensors and one output. A half precision model is exported from a float32 copy
     (what the result will be), and checked against both: tightly against the copy, within
     half precision against itself."""
-    spec, flat = flatten_call(model, args, kwargs)
+    spec, flat = flatten_call(model, call.args, call.kwargs)
+    rows = fixed_rows(spec.names, flat, call.fixed)
     half = _half_dtype(model, flat)
     export_model, inputs = (copy.deepcopy(model).float(), _as_float32(flat)) if half is not None else (model, flat)
     returned = run_model(export_model, *spec.rebuild(inputs))
@@ -211,10 +220,10 @@ def _torch_source(model: nn.Module, args: tuple, kwargs: Mapping, output: Select
     if not named:
         raise ExportError(f"forward() returns {type(returned).__name__}, which holds no tensor",
                           fix="return the tensor to explain (a tuple, dict or ModelOutput of tensors also works)")
-    choice = choose_outputs([(n, t.is_floating_point()) for n, t in named], output)
+    choice = choose_outputs([(n, t.is_floating_point()) for n, t in named], call.output)
     if choice.rows:
         choice = dataclasses.replace(choice, reshape=reshape_note(named[choice.kept[0]][1].shape))
-    flat_model = FlatModel(export_model, spec, choice)
+    flat_model = FlatModel(export_model, spec, choice, rows)
     outputs = choice.pick([t for _, t in named])
     exported = export_module(flat_model, tuple(inputs), exporter=exporter, opset=opset, fixed_batch=fixed_batch,
                              names=spec.names, outputs=outputs, extra_row=extra_row)
@@ -228,8 +237,11 @@ def _torch_source(model: nn.Module, args: tuple, kwargs: Mapping, output: Select
     prepared, reused = normalize(exported.model, scope="model")  # FlatModel holds the model as .model
     report = RewriteReport("torch", exported.exporter, exported.fallback_reason, reused, notes=exported.notes,
                            outputs=choice)
-    return _Source(exported.model.proto, prepared, tuple(inputs), references, report,
-                   _class_name(type(model).__name__), exported.fixed_batch)
+    source = _Source(exported.model.proto, prepared, tuple(inputs), references, report,
+                     _class_name(type(model).__name__), exported.fixed_batch, list(spec.names))
+    if rows:
+        source.interface["fixed"] = {spec.names[i]: row.tolist() for i, row in rows.items()}
+    return source
 
 
 def _onnx_inputs(model: onnx.ModelProto, args: tuple, kwargs: Mapping) -> tuple[torch.Tensor, ...]:
@@ -338,6 +350,7 @@ class _Call:
     args: tuple
     kwargs: Mapping
     output: Selector = None
+    fixed: Sequence[str] = ()  # flat inputs baked in as one value per row
 
 
 def _read(model: ModelSource, call: _Call, dims, exporter: str, opset: int | None, clock: _Clock,
@@ -346,7 +359,7 @@ def _read(model: ModelSource, call: _Call, dims, exporter: str, opset: int | Non
         raise InputError(f"unknown exporter '{exporter}'", fix="use 'auto', 'dynamo' or 'torchscript'")
     if isinstance(model, nn.Module):
         with clock.stage("export", "exporting to ONNX"):
-            return _torch_source(model, call.args, call.kwargs, call.output, exporter, opset, fixed_batch, extra_row)
+            return _torch_source(model, call, exporter, opset, fixed_batch, extra_row)
     if isinstance(model, (str, os.PathLike)) and is_exported_program(model):
         with clock.stage("export", "translating the torch.export archive to ONNX"):
             model, args, kwargs = read_exported_program(model)
@@ -366,8 +379,8 @@ def _as_tuple(value) -> tuple[torch.Tensor, ...]:
 def rewrite(model: ModelSource, *example_inputs, dims: Mapping[str, int] | None = None,
             exporter: str = "auto", opset: int | None = None, atol: float | None = None, rtol: float | None = None,
             dynamic_batch: bool = True, decompose_clips: bool = False, max_tensor_bytes: int = 1 << 30,
-            output: Selector = None, check: bool = False, check_background=None, check_inputs=None,
-            report: bool = False, progress: Progress | None = None,
+            output: Selector = None, fixed: Sequence[str] = (), check: bool = False, check_background=None,
+            check_inputs=None, report: bool = False, progress: Progress | None = None,
             **example_kwargs) -> nn.Module | tuple[nn.Module, RewriteReport]:
     """Rewrite ``model`` into an equivalent ``torch.fx.GraphModule`` that SHAP's DeepExplainer
     and Captum's DeepLift explain exactly, verified against the source before it is returned.
@@ -386,6 +399,11 @@ def rewrite(model: ModelSource, *example_inputs, dims: Mapping[str, int] | None 
             ``logits`` where there is one, else the first floating point output. One output
             comes back as ``[batch, k]``; a list of several, as a tuple (no explainer takes
             that: the report says so).
+        fixed: inputs of a torch model that hold one value for every row (pytorch-forecasting's
+            ``encoder_lengths`` when every window has the full length), by their flat name
+            (``x.encoder_lengths``) or its last part: baked into the result, which checks on
+            every call that they still hold it. A model that sizes its tensors by such a
+            value (``int(lengths.max())``) can then be exported; without it, it is refused.
         dims: sizes for symbolic input dims of an ONNX model when no example inputs are
             given, by name, e.g. ``{"batch": 4, "seq": 16}``.
         exporter: "auto" (dynamo, then TorchScript), "dynamo" or "torchscript".
@@ -416,7 +434,9 @@ def rewrite(model: ModelSource, *example_inputs, dims: Mapping[str, int] | None 
         with clock.stage("verify", "verifying against the source"):
             info.verification = verify(module, references, inputs, output_names, Tolerance(atol, rtol))
     else:
-        call = _Call(tuple(example_inputs), example_kwargs, output)
+        if fixed and not isinstance(model, nn.Module):
+            raise InputError("fixed= applies to torch models", fix="drop fixed=, or fix the values in the ONNX graph")
+        call = _Call(tuple(example_inputs), example_kwargs, output, tuple(fixed))
         options = PassOptions(dynamic_batch, decompose_clips, max_tensor_bytes=max_tensor_bytes)
         module, source = _rewrite_first(model, call, dims, exporter, opset, options, Tolerance(atol, rtol), clock)
         info, inputs = source.report, source.inputs

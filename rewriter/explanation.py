@@ -241,7 +241,9 @@ class _Plan:
         array = np.asarray(array)
         if array.ndim == 0 or len(array) == 0:
             raise InputError(f"{label} has no rows (shape {list(array.shape)})", fix="pass at least one row")
-        wants_float = self.floats.get(name, True)
+        wants_float = self.floats.get(name)
+        if wants_float is None:  # an input the module does not read (unused, or fixed when rewritten)
+            return array
         if array.dtype.kind == "f":
             bad = np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))
             if len(bad):

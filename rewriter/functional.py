@@ -413,8 +413,11 @@ def onnx_trilu(x: torch.Tensor, k: int = 0, upper: int = 1) -> torch.Tensor:
 @discrete("top-k selection")
 def onnx_topk(x: torch.Tensor, k: IntsLike, axis: int = -1, largest: int = 1,
               sorted: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    values, indices = torch.topk(x, ints(k)[0], dim=axis, largest=bool(largest), sorted=bool(sorted))
-    return values, indices
+    # ONNX puts equal elements in index order; torch.topk does not promise any order for them
+    # (a sort by lengths that are all equal, as packing code does, must keep the rows in place).
+    values, indices = torch.sort(x, dim=axis, descending=bool(largest), stable=True)
+    count = ints(k)[0]
+    return values.narrow(axis, 0, count), indices.narrow(axis, 0, count)
 
 
 @discrete("non-zero positions")

@@ -244,16 +244,49 @@ def reshape_note(shape: Sequence[int | str]) -> str | None:
     return f"[{', '.join(['batch', *(str(d) for d in rest)])}] returned as [batch, {size}]"
 
 
+def fixed_rows(names: Sequence[str], tensors: Sequence[torch.Tensor], fixed: Sequence[str]) -> dict[int, torch.Tensor]:
+    """The flat inputs named in ``fixed`` (by full name or last part), by position: each
+    one's single row, which every row of the example must hold."""
+    found: dict[int, torch.Tensor] = {}
+    for wanted in fixed:
+        matches = [i for i, name in enumerate(names) if name == wanted or name.rsplit(".", 1)[-1] == wanted]
+        if len(matches) != 1:
+            raise InputError(f"fixed input '{wanted}' names {len(matches)} of the model's inputs {list(names)}",
+                             fix="name one input, by its full name where the last part is shared")
+        tensor = tensors[matches[0]]
+        if tensor.dim() == 0 or not bool((tensor == tensor[:1]).all()):
+            raise InputError(f"fixed input '{names[matches[0]]}' does not hold one value for every row",
+                             fix="fix only inputs whose rows are all equal (the same lengths for every window)")
+        found[matches[0]] = tensor[:1].detach().clone()
+    return found
+
+
+def check_fixed(fixed: Mapping[str, Any], names: Sequence[str], values: Sequence[torch.Tensor]) -> None:
+    """Refuse values of the inputs a result was rewritten with fixed that differ from them."""
+    for name, row in fixed.items():
+        value = values[list(names).index(name)]
+        want = torch.as_tensor(row, dtype=value.dtype)
+        if value.shape[1:] != want.shape[1:] or not bool((value == want).all()):
+            raise InputError(f"input '{name}' was fixed when the model was rewritten and must hold {row[0]} in "
+                             "every row", fix="rewrite the model again without fixed= for other values")
+
+
 class FlatModel(nn.Module):
     """``model`` called with flat positional tensors (see :class:`CallSpec`), returning the
     outputs ``kept`` of its flat outputs: one as ``[batch, k]``, several as a tuple. What the
-    export sees and verification runs."""
+    export sees and verification runs. ``fixed`` inputs (by position) take their one row
+    for every row, whatever is passed: a constant, for the export."""
 
-    def __init__(self, model: nn.Module, spec: CallSpec, choice: OutputChoice) -> None:
+    def __init__(self, model: nn.Module, spec: CallSpec, choice: OutputChoice,
+                 fixed: Mapping[int, torch.Tensor] | None = None) -> None:
         super().__init__()
-        self.model, self.spec, self.choice = model, spec, choice
+        self.model, self.spec, self.choice, self.fixed = model, spec, choice, dict(fixed or {})
 
     def forward(self, *tensors: torch.Tensor):
+        if self.fixed:
+            rows = next(t.shape[0] for i, t in enumerate(tensors) if i not in self.fixed and t.dim())
+            tensors = tuple(self.fixed[i].expand(rows, *self.fixed[i].shape[1:]) if i in self.fixed else t
+                            for i, t in enumerate(tensors))
         args, kwargs = self.spec.rebuild(tensors)
         outputs = self.choice.pick([t for _, t in flatten_outputs(self.model(*args, **kwargs))])
         return outputs[0] if len(outputs) == 1 else tuple(outputs)

@@ -318,6 +318,7 @@ class RewriteReport:
             "not_exact_because": self.not_exact_because,
             "interface": {"inputs": (self.interface or {}).get("inputs", []),
                           "source_inputs": (self.interface or {}).get("source_inputs", []),
+                          **({"fixed": self.interface["fixed"]} if (self.interface or {}).get("fixed") else {}),
                           "outputs": self.outputs.as_dict() if self.outputs else None},
             "shap_additivity_error": error("shap"),
             "captum_additivity_error": error("captum"),

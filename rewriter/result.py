@@ -114,7 +114,7 @@ def _by_name(names: Sequence[str], inputs: Sequence[Any], named: Mapping[str, An
     """Values for ``names`` from positional ``inputs`` and ``named`` ones (one positional
     mapping counts as named; lists and tuples give their elements in order, as the source
     model's list inputs were flattened)."""
-    if len(inputs) == 1 and isinstance(inputs[0], Mapping):
+    if len(inputs) == 1 and isinstance(inputs[0], Mapping) and set(inputs[0]) & set(names):
         named, inputs = {**inputs[0], **named}, ()
     inputs = [leaf for value in inputs for leaf in _leaves(value)]
     if len(inputs) > len(names):
@@ -137,9 +137,13 @@ def _by_name(names: Sequence[str], inputs: Sequence[Any], named: Mapping[str, An
 
 def _leaves(value: Any) -> list[Any]:
     """The tensors of a structured input in the order the source's call was flattened in:
-    list and tuple items, a dataclass's tensor fields (darts' ``PLModuleInput``)."""
+    list and tuple items, a dict's values, a dataclass's tensor fields (darts'
+    ``PLModuleInput``)."""
     if isinstance(value, (list, tuple)):
         return [leaf for item in value for leaf in _leaves(item)]
+    if isinstance(value, Mapping):  # the model's one dict argument (pytorch-forecasting's batch)
+        return [leaf for item in value.values() for leaf in _leaves(item)
+                if isinstance(leaf, torch.Tensor) or hasattr(leaf, "__array__")]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return [leaf for f in dataclasses.fields(value) if f.init and isinstance(getattr(value, f.name), torch.Tensor)
                 for leaf in _leaves(getattr(value, f.name))]
@@ -149,6 +153,10 @@ def _leaves(value: Any) -> list[Any]:
 def main_inputs(interface: Mapping, embedder: nn.Module | None, values: Sequence[torch.Tensor]) -> tuple:
     """The inputs a module with ``interface`` takes, from the source model's ``values``."""
     names = interface["source_inputs"]
+    if interface.get("fixed"):
+        from .interface import check_fixed
+
+        check_fixed(interface["fixed"], names, values)
     embedded: tuple = ()
     if embedder is not None:
         looked_up = embedder(*(values[names.index(n)] for n in interface["embedder_inputs"]))

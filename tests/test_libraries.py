@@ -123,6 +123,34 @@ def _forecasting_batch():
 
 
 @pytest.mark.slow
+def test_pytorch_forecasting_tft_with_its_lengths_fixed_is_exact():
+    """With every window at full length, ``fixed=`` bakes the lengths in: the TFT exports (its
+    ``int(encoder_lengths.max())`` is a constant), its packed LSTMs drop lengths that are the
+    full length in every row, and the rows its packing sorts by equal lengths stay in place."""
+    import pytorch_forecasting
+
+    from rewriter import InputError
+
+    dataset, x = _forecasting_batch()
+    torch.manual_seed(0)
+    model = pytorch_forecasting.TemporalFusionTransformer.from_dataset(
+        dataset, hidden_size=8, attention_head_size=1, hidden_continuous_size=4, dropout=0.0).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module, report = rewrite(model, x, fixed=["encoder_lengths", "decoder_lengths"], report=True)
+    document = report.as_dict()
+    assert document["exact"], document["not_exact_because"]
+    assert document["interface"]["fixed"] == {"x.encoder_lengths": [8], "x.decoder_lengths": [3]}
+    with torch.no_grad():
+        torch.testing.assert_close(module(*module.embed(x)), model(x).prediction.flatten(1))
+    rows, background = ({k: v[:2] for k, v in x.items()}, {k: v[2:] for k, v in x.items()})
+    _explained_exactly(module, rows, background)
+    shorter = {**x, "encoder_lengths": x["encoder_lengths"] - 1}
+    with pytest.raises(InputError, match="was fixed when the model was rewritten"):
+        module.embed(shorter)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name, line", [("TemporalFusionTransformer", "int(encoder_lengths.max())"),
                                         ("DeepAR", 'x["encoder_lengths"].min() > 0')])
 def test_pytorch_forecasting_models_are_refused_naming_their_data_dependent_line(name, line):

@@ -15,6 +15,7 @@ from torch import nn
 from rewriter import ConversionError, rewrite
 from rewriter.cells import GRUStep, LSTMStep
 from rewriter.check import self_check
+from rewriter.explanation import run_explanation
 
 EXACT = 1e-4
 SEQ, FEATURES = 5, 4
@@ -210,3 +211,39 @@ def test_a_loop_with_an_input_dependent_trip_count_is_refused():
     with pytest.raises(ConversionError, match="trip count") as caught:
         rewrite(proto, dims={"N": 3})
     assert caught.value.op_type == "Loop"
+
+
+class PackedFullLength(nn.Module):
+    """An LSTM packed with lengths built in forward, all the window's length, sorted as
+    ``enforce_sorted=False`` sorts them (pytorch-forecasting's packing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm, self.head = nn.LSTM(3, 5, batch_first=True), nn.Linear(5, 2)
+
+    def forward(self, x):
+        lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True)
+        return self.head(out[:, -1])
+
+
+def test_a_packed_lstm_whose_lengths_are_all_full_is_unrolled_and_exact():
+    torch.manual_seed(0)
+    model, x = PackedFullLength().eval(), torch.randn(4, 6, 3)
+    module, report = rewrite(model, x, exporter="torchscript", report=True)
+    document = report.as_dict()
+    assert document["exact"], document["not_exact_because"]
+    assert any(p["pass"] == "drop_full_sequence_lengths" and p["changed"] for p in document["passes"])
+    for explainer in ("exact", "shap", "captum"):
+        result = run_explanation(module, torch.randn(3, 6, 3), torch.randn(5, 6, 3), explainer=explainer,
+                                 progress=False)
+        assert result.worst_error < 1e-4
+
+
+def test_topk_puts_equal_values_in_index_order_as_onnx_does():
+    from rewriter.functional import onnx_topk
+
+    values, indices = onnx_topk(torch.tensor([[2.0, 5.0, 5.0, 2.0, 5.0]]), [4])
+    assert indices.tolist() == [[1, 2, 4, 0]] and values.tolist() == [[5.0, 5.0, 5.0, 2.0]]
