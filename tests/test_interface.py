@@ -244,3 +244,33 @@ def test_a_torch_export_archive_that_would_unpickle_code_is_refused(tmp_path):
     with pytest.raises(InputError, match="plain data"):
         rewrite(tmp_path / "hostile.pt2")
     assert not marker.exists()
+
+
+class SizedByLengths(nn.Module):
+    """Sizes a tensor by a value of its input (``int(lengths.max())``), as forecasting models do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, batch):
+        steps = int(batch["lengths"].max())
+        return self.fc(batch["values"][:, :steps].reshape(len(batch["values"]), -1).repeat(1, 6 // steps))
+
+
+def test_fixed_inputs_are_baked_in_checked_and_refused_where_they_cannot_be():
+    torch.manual_seed(0)
+    batch = {"values": torch.randn(4, 6), "lengths": torch.full((4,), 3)}
+    model = SizedByLengths().eval()
+    module, report = rewrite(model, batch, fixed=["lengths"], report=True)
+    assert report.as_dict()["interface"]["fixed"] == {"batch.lengths": [3]}
+    other = {"values": torch.randn(5, 6), "lengths": torch.full((5,), 3)}
+    with torch.no_grad():
+        torch.testing.assert_close(module(*module.embed(other)), model(other))
+    with pytest.raises(InputError, match="was fixed when the model was rewritten"):
+        module.embed({"values": torch.randn(2, 6), "lengths": torch.full((2,), 2)})
+    varying = {"values": torch.randn(4, 6), "lengths": torch.tensor([3, 3, 2, 3])}
+    with pytest.raises(InputError, match="does not hold one value for every row"):
+        rewrite(SizedByLengths().eval(), varying, fixed=["lengths"])
+    with pytest.raises(InputError, match="names 0 of the model's inputs"):
+        rewrite(SizedByLengths().eval(), batch, fixed=["steps"])
