@@ -197,6 +197,16 @@ class ExactRule(nn.Module):
         raise NotImplementedError
 
 
+def pair_path_rule(vjp: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
+                   grad_output: torch.Tensor) -> torch.Tensor:
+    """Multipliers for a batch ``[rows; references]`` from ``vjp(start, end, grad)``, a
+    Jacobian averaged over the path from each reference to its row: both halves take that
+    average (each half's gradient arrives separately)."""
+    half = x.shape[0] // 2
+    rows, references = x[:half], x[half:]
+    return torch.cat([vjp(references, rows, grad_output[:half]), vjp(references, rows, grad_output[half:])])
+
+
 def pair_mean(t: torch.Tensor) -> torch.Tensor:
     """Each row's mean with its reference row (the other half of the batch), in both halves."""
     half = t.shape[0] // 2

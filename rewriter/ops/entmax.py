@@ -23,7 +23,7 @@ import onnx_graphsurgeon as gs
 import torch
 from onnx import helper
 
-from ..modules import ExactRule
+from ..modules import ExactRule, pair_path_rule
 from . import DOMAIN, CustomOp, computes, reduce_last, register, sorted_with_ranks
 from .sparsemax import sorted_threshold
 
@@ -78,11 +78,7 @@ class Entmax15(ExactRule):
         return entmax15(z)
 
     def deeplift_multipliers(self, z: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
-        z = z.detach()
-        half = z.shape[0] // 2
-        rows, references = z[:half], z[half:]
-        return torch.cat([path_average_vjp(references, rows, grad_output[:half]),
-                          path_average_vjp(references, rows, grad_output[half:])])
+        return pair_path_rule(path_average_vjp, z.detach(), grad_output)
 
 
 def _body(opset: int) -> list[onnx.NodeProto]:

@@ -29,7 +29,7 @@ import onnx_graphsurgeon as gs
 import torch
 from onnx import helper
 
-from ..modules import ExactRule
+from ..modules import ExactRule, pair_path_rule
 from . import DOMAIN, CustomOp, reduce_last, register
 
 # Gauss-Legendre on [0, 1]: exact to float64 rounding where s has no zero within 2 of the
@@ -99,12 +99,8 @@ def path_average_vjp(start: torch.Tensor, end: torch.Tensor, grad: torch.Tensor,
 
 
 def pair_vjp(x: torch.Tensor, grad_output: torch.Tensor, eps: float) -> torch.Tensor:
-    """Multipliers for a batch ``[rows; references]``: both halves take the path average from
-    the reference to the row (each half's gradient arrives separately)."""
-    half = x.shape[0] // 2
-    rows, references = x[:half], x[half:]
-    return torch.cat([path_average_vjp(references, rows, grad_output[:half], eps),
-                      path_average_vjp(references, rows, grad_output[half:], eps)])
+    """Multipliers for a batch ``[rows; references]`` (see ``modules.pair_path_rule``)."""
+    return pair_path_rule(lambda start, end, grad: path_average_vjp(start, end, grad, eps), x, grad_output)
 
 
 def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:

@@ -22,7 +22,7 @@ import onnx_graphsurgeon as gs
 import torch
 from onnx import helper
 
-from ..modules import ExactRule
+from ..modules import ExactRule, pair_path_rule
 from . import DOMAIN, CustomOp, computes, reduce_last, register, sorted_with_ranks
 
 
@@ -85,12 +85,7 @@ class Sparsemax(ExactRule):
         return sparsemax(z)
 
     def deeplift_multipliers(self, z: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
-        z = z.detach()
-        half = z.shape[0] // 2
-        rows, references = z[:half], z[half:]
-        # Both halves take the same multipliers; each half's gradient arrives separately.
-        return torch.cat([path_average_vjp(references, rows, grad_output[:half]),
-                          path_average_vjp(references, rows, grad_output[half:])])
+        return pair_path_rule(path_average_vjp, z.detach(), grad_output)
 
 
 def _body(opset: int) -> list[onnx.NodeProto]:
