@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from onnx import helper
 
 from ..onnxkit.graph import const_value
 from .base import PassOptions, PassResult, graph_pass
@@ -44,8 +45,6 @@ def uniform_value(tensor: gs.Tensor, depth: int = 32) -> np.generic | None:
     if node.op in _SAME_VALUES and tensor is node.outputs[0]:
         value = uniform_value(node.inputs[0], depth - 1)
         if value is not None and node.op == "Cast":
-            from onnx import helper
-
             return np.asarray(value).astype(helper.tensor_dtype_to_np_dtype(node.attrs["to"]))[()]
         return value
     if node.op == "Where":
